@@ -1,0 +1,42 @@
+# Mailqueue: `make run` starts everything locally, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
+
+.PHONY: run test lint format install migrate clean bench-help
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## run: web + worker + scheduler against SQLite and a local Redis, delivering into the capture inbox
+run: $(STAMP)
+	@scripts/ensure_services.sh redis
+	@DEBUG=$${DEBUG:-1} $(PY) scripts/run_local.py
+
+## test: the whole suite against real PostgreSQL, Redis and an in-process SMTP server
+test: $(STAMP)
+	@scripts/ensure_services.sh postgres redis
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+migrate: $(STAMP)
+	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate
+
+clean:
+	rm -rf $(VENV) .run staticfiles db.sqlite3 db.sqlite3-*

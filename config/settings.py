@@ -1,0 +1,198 @@
+"""Django settings for Mailqueue.
+
+Every environment variable the service reads is read here (12-factor); apps read their own
+options through their ``conf.py`` at call time. README.md and .env.example list them all.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A .env file is a convenience for local runs; real deployments set the environment.
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str(
+    "SECRET_KEY",
+    default="insecure-dev-key-change-me" if DEBUG else "",
+)
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else []
+)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    # mailqueue comes before django_rq so its `rqscheduler` command (short interval + sweeper)
+    # overrides django-rq's.
+    "mailqueue",
+    "templates_app",
+    "tracking",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_rq",
+    "anymail",
+]
+
+MIDDLEWARE = [
+    "mailqueue.middleware.RequestBodyLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and scheduler share one SQLite file under `make run`: WAL lets readers and
+    # one writer work at once, and IMMEDIATE transactions wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+RQ_QUEUES = {
+    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600} for name in ("high", "default", "low")
+}
+RQ = {
+    # Workers run jobs in their own process (no fork per job) so SMTP/HTTP connections to
+    # providers stay open across emails.
+    "WORKER_CLASS": "mailqueue.worker.MailqueueWorker",
+    "SCHEDULER_CLASS": "mailqueue.scheduling.MailqueueScheduler",
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["mailqueue.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["mailqueue.throttling.ApiKeyRateThrottle"],
+    "EXCEPTION_HANDLER": "mailqueue.api.exception_handler.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Mailqueue API",
+    "DESCRIPTION": "Self-hosted transactional email: send, schedule, batch and inspect emails.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+
+# --- Email delivery -------------------------------------------------------------------------
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Mailqueue <noreply@localhost>")
+# Ordered provider names; the first is used, later ones take over during an outage.
+EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=["capture"] if DEBUG else [])
+# Settings of the `smtp` provider (django-environ email URL: smtp://, smtp+tls://, smtp+ssl://).
+MAILQUEUE_SMTP = env.email_url("EMAIL_URL", default="smtp://localhost:25")
+MAILQUEUE_SMTP_TIMEOUT = env.float("EMAIL_TIMEOUT", default=30.0)
+# Every ANYMAIL_* variable becomes a key of anymail's settings dict (ANYMAIL_SENDGRID_API_KEY ->
+# ANYMAIL["SENDGRID_API_KEY"]), so any ESP anymail supports is configured the same way.
+ANYMAIL = {
+    key.removeprefix("ANYMAIL_"): value
+    for key, value in env.ENVIRON.items()
+    if key.startswith("ANYMAIL_")
+}
+
+MAILQUEUE_MAX_ATTEMPTS = env.int("MAILQUEUE_MAX_ATTEMPTS", default=5)
+MAILQUEUE_RETRY_BASE_SECONDS = env.float("MAILQUEUE_RETRY_BASE_SECONDS", default=30)
+MAILQUEUE_RETRY_MAX_SECONDS = env.float("MAILQUEUE_RETRY_MAX_SECONDS", default=3600)
+MAILQUEUE_BATCH_MAX = env.int("MAILQUEUE_BATCH_MAX", default=1000)
+MAILQUEUE_BATCH_CHUNK_SIZE = env.int("MAILQUEUE_BATCH_CHUNK_SIZE", default=100)
+MAILQUEUE_MAX_RECIPIENTS = env.int("MAILQUEUE_MAX_RECIPIENTS", default=50)
+MAILQUEUE_MAX_BODY_BYTES = env.int("MAILQUEUE_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+MAILQUEUE_LEASE_SECONDS = env.int("MAILQUEUE_LEASE_SECONDS", default=300)
+MAILQUEUE_SWEEP_INTERVAL_SECONDS = env.float("MAILQUEUE_SWEEP_INTERVAL_SECONDS", default=15)
+MAILQUEUE_SWEEP_GRACE_SECONDS = env.float("MAILQUEUE_SWEEP_GRACE_SECONDS", default=30)
+MAILQUEUE_IDEMPOTENCY_TTL_HOURS = env.int("MAILQUEUE_IDEMPOTENCY_TTL_HOURS", default=24)
+MAILQUEUE_API_THROTTLE_RATE = env.str("MAILQUEUE_API_THROTTLE_RATE", default="") or None
+MAILQUEUE_ALLOWED_HEADERS = env.list(
+    "MAILQUEUE_ALLOWED_HEADERS",
+    default=[
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Id",
+        "In-Reply-To",
+        "References",
+        "Auto-Submitted",
+        "Precedence",
+        "X-Entity-Ref-ID",
+    ],
+)
+# Custom headers starting with X- are allowed unless this is off.
+MAILQUEUE_ALLOW_X_HEADERS = env.bool("MAILQUEUE_ALLOW_X_HEADERS", default=True)
+# Body size is enforced by our middleware with a 413; Django's own limit would answer 400.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAILQUEUE_MAX_BODY_BYTES
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)

@@ -1,0 +1,36 @@
+"""Root URLs: admin, API, OpenAPI schema and docs, health, django-rq dashboard."""
+
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from django.views import defaults
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from mailqueue.health import health
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("mailqueue.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("health/", health, name="health"),
+    path("django-rq/", include("django_rq.urls")),
+]
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def handler404(request: HttpRequest, exception: Exception):
+    """JSON 404 under /api/, Django's page elsewhere."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest):
+    """JSON 500 under /api/ (always a bug: see the logs), Django's page elsewhere."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Internal server error."}, status=500)
+    return defaults.server_error(request)

@@ -1,0 +1,32 @@
+"""One place that turns exceptions into HTTP answers for the API."""
+
+import logging
+
+from django.db import DatabaseError
+from redis.exceptions import RedisError
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from mailqueue.errors import MailqueueError
+
+logger = logging.getLogger(__name__)
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    """MailqueueError -> its status with field-level messages; outages -> 503; else DRF's."""
+    if isinstance(exc, MailqueueError):
+        return Response(exc.as_dict(), status=exc.status_code)
+    if isinstance(exc, DatabaseError):
+        logger.exception("database error while serving the API")
+        return Response(
+            {"detail": "The database is unavailable; nothing was changed. Try again shortly."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    if isinstance(exc, RedisError):
+        logger.exception("Redis error while serving the API")
+        return Response(
+            {"detail": "Redis is unavailable. Try again shortly."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    return exception_handler(exc, context)

@@ -1,0 +1,316 @@
+"""Input and output serializers of the email and batch API, one pair per operation."""
+
+import mimetypes
+
+from rest_framework import serializers
+
+from mailqueue import conf
+from mailqueue.api.fields import (
+    AddressField,
+    AddressListField,
+    AwareDateTimeField,
+    SingleLineCharField,
+)
+from mailqueue.errors import ValidationFailed
+from mailqueue.models import Batch, DeliveryAttempt, EmailJob, EmailStatus, Priority
+from mailqueue.validation import validate_headers
+from tracking.models import TrackingEvent
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses unknown fields, so a typo such as `tempalte` is a 400, not silently ignored."""
+
+    def to_internal_value(self, data):
+        """Check for unknown keys before validating the known ones."""
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class AttachmentInputSerializer(StrictSerializer):
+    """An attachment: file name, base64 content, optional MIME type (guessed from the name)."""
+
+    filename = SingleLineCharField(max_length=255)
+    content = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    mimetype = SingleLineCharField(max_length=255, required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        """Decode the content and settle the MIME type."""
+        from mailqueue.services import attachment_decode
+
+        mimetype = attrs.get("mimetype") or (
+            mimetypes.guess_type(attrs["filename"])[0] or "application/octet-stream"
+        )
+        if "/" not in mimetype:
+            raise serializers.ValidationError({"mimetype": ["Must look like type/subtype."]})
+        try:
+            return {
+                "attachment": attachment_decode(
+                    filename=attrs["filename"],
+                    content=attrs["content"],
+                    mimetype=mimetype,
+                    field="content",
+                )
+            }
+        except ValidationFailed as exc:
+            raise serializers.ValidationError({"content": [exc.message]}) from None
+
+
+def _validate_json_object(value: object, field: str) -> dict:
+    if not isinstance(value, dict):
+        raise serializers.ValidationError(f"'{field}' must be a JSON object.")
+    return value
+
+
+class EmailCreateInputSerializer(StrictSerializer):
+    """Body of POST /api/v1/emails/."""
+
+    to = AddressListField()
+    cc = AddressListField(required=False)
+    bcc = AddressListField(required=False)
+    reply_to = AddressListField(required=False)
+    from_email = AddressField(required=False)
+    template = serializers.SlugField(required=False, max_length=100)
+    context = serializers.JSONField(required=False)
+    subject = SingleLineCharField(required=False, max_length=998, allow_blank=True)
+    html = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.DEFAULT)
+    send_at = AwareDateTimeField(required=False, allow_null=True)
+    tags = serializers.ListField(
+        child=SingleLineCharField(max_length=100), required=False, max_length=50
+    )
+    metadata = serializers.JSONField(required=False)
+    headers = serializers.JSONField(required=False)
+    attachments = AttachmentInputSerializer(many=True, required=False)
+
+    def validate_to(self, value: list[str]) -> list[str]:
+        """At least one To address."""
+        if not value:
+            raise serializers.ValidationError("At least one recipient is required.")
+        return value
+
+    def validate_context(self, value: object) -> dict:
+        """The template context is a JSON object."""
+        return _validate_json_object(value, "context")
+
+    def validate_metadata(self, value: object) -> dict:
+        """Metadata is a flat-ish JSON object."""
+        return _validate_json_object(value, "metadata")
+
+    def validate_headers(self, value: object) -> dict:
+        """Only allow-listed custom headers, no header injection."""
+        try:
+            return validate_headers(value)
+        except ValidationFailed as exc:
+            raise serializers.ValidationError(f"{exc.field}: {exc.message}") from None
+
+    def validate(self, attrs: dict) -> dict:
+        """Template and raw content are exclusive; raw content needs a subject and a body."""
+        errors = {}
+        if attrs.get("template"):
+            for name in ("subject", "html", "text"):
+                if attrs.get(name):
+                    errors[name] = [f"Do not combine '{name}' with 'template'."]
+        else:
+            if "context" in attrs:
+                errors["context"] = ["'context' needs a 'template'."]
+            if not attrs.get("subject"):
+                errors["subject"] = ["Required unless a 'template' is given."]
+            if not (attrs.get("html") or attrs.get("text")):
+                errors["html"] = ["Give 'html' and/or 'text', or a 'template'."]
+        total = sum(len(attrs.get(name) or []) for name in ("to", "cc", "bcc"))
+        if total > conf.max_recipients():
+            errors["to"] = [
+                f"Too many recipients: {total} across to, cc and bcc "
+                f"(the limit is {conf.max_recipients()})."
+            ]
+        if errors:
+            raise serializers.ValidationError(errors)
+        attrs["attachments"] = [item["attachment"] for item in attrs.get("attachments", [])]
+        return attrs
+
+
+class TrackingEventOutputSerializer(serializers.ModelSerializer):
+    """One event in an email's history."""
+
+    type = serializers.CharField(source="event_type")
+
+    class Meta:
+        model = TrackingEvent
+        fields = ["type", "occurred_at", "provider", "recipient", "description", "data"]
+
+
+class DeliveryAttemptOutputSerializer(serializers.ModelSerializer):
+    """One try at one provider."""
+
+    class Meta:
+        model = DeliveryAttempt
+        fields = [
+            "number",
+            "provider",
+            "outcome",
+            "error_class",
+            "error_message",
+            "started_at",
+            "duration_ms",
+        ]
+
+
+class EmailListOutputSerializer(serializers.ModelSerializer):
+    """An email in a list (no content, no history)."""
+
+    template = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    batch = serializers.UUIDField(source="batch_id", read_only=True)
+
+    class Meta:
+        model = EmailJob
+        fields = [
+            "id",
+            "status",
+            "to",
+            "cc",
+            "bcc",
+            "reply_to",
+            "from_email",
+            "subject",
+            "template",
+            "priority",
+            "attempts",
+            "max_attempts",
+            "last_error",
+            "send_at",
+            "sent_at",
+            "provider",
+            "message_id",
+            "batch",
+            "tags",
+            "metadata",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class EmailAcceptedOutputSerializer(EmailListOutputSerializer):
+    """Answer to POST /api/v1/emails/ (same fields as a list item)."""
+
+
+class EmailDetailOutputSerializer(EmailListOutputSerializer):
+    """Everything about one email, with its events and delivery attempts."""
+
+    events = TrackingEventOutputSerializer(many=True, read_only=True)
+    delivery_attempts = DeliveryAttemptOutputSerializer(many=True, read_only=True)
+    next_attempt_at = serializers.DateTimeField(read_only=True)
+
+    class Meta(EmailListOutputSerializer.Meta):
+        fields = [
+            *EmailListOutputSerializer.Meta.fields,
+            "next_attempt_at",
+            "events",
+            "delivery_attempts",
+        ]
+
+
+class EmailListFilterSerializer(StrictSerializer):
+    """Query parameters of GET /api/v1/emails/."""
+
+    status = serializers.ChoiceField(choices=EmailStatus.choices, required=False)
+    batch = serializers.UUIDField(required=False)
+    to = serializers.CharField(required=False, max_length=320)
+    tag = serializers.CharField(required=False, max_length=100)
+    created_after = AwareDateTimeField(required=False)
+    created_before = AwareDateTimeField(required=False)
+    cursor = serializers.CharField(required=False)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+
+class BatchRecipientInputSerializer(StrictSerializer):
+    """One recipient of a batch."""
+
+    to = AddressListField()
+    context = serializers.JSONField(required=False, default=dict)
+    metadata = serializers.JSONField(required=False, default=dict)
+
+    def validate_to(self, value: list[str]) -> list[str]:
+        """At least one address."""
+        if not value:
+            raise serializers.ValidationError("At least one recipient is required.")
+        return value
+
+    def validate_context(self, value: object) -> dict:
+        """A JSON object."""
+        return _validate_json_object(value, "context")
+
+    def validate_metadata(self, value: object) -> dict:
+        """A JSON object."""
+        return _validate_json_object(value, "metadata")
+
+
+class BatchCreateInputSerializer(StrictSerializer):
+    """Body of POST /api/v1/batches/."""
+
+    template = serializers.SlugField(max_length=100)
+    context = serializers.JSONField(required=False, default=dict)
+    recipients = BatchRecipientInputSerializer(many=True)
+    from_email = AddressField(required=False)
+    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.DEFAULT)
+    send_at = AwareDateTimeField(required=False, allow_null=True)
+    tags = serializers.ListField(
+        child=SingleLineCharField(max_length=100), required=False, max_length=50
+    )
+
+    def validate_context(self, value: object) -> dict:
+        """A JSON object."""
+        return _validate_json_object(value, "context")
+
+    def validate_recipients(self, value: list) -> list:
+        """Between one and MAILQUEUE_BATCH_MAX recipients."""
+        if not value:
+            raise serializers.ValidationError("At least one recipient is required.")
+        if len(value) > conf.batch_max():
+            raise serializers.ValidationError(
+                f"Too many recipients: {len(value)} (the limit is {conf.batch_max()})."
+            )
+        return value
+
+    def to_internal_value(self, data):
+        """Check the recipient count before validating each recipient (cheap refusal)."""
+        recipients = data.get("recipients") if isinstance(data, dict) else None
+        if isinstance(recipients, list) and len(recipients) > conf.batch_max():
+            raise serializers.ValidationError(
+                {
+                    "recipients": [
+                        f"Too many recipients: {len(recipients)} (the limit is {conf.batch_max()})."
+                    ]
+                }
+            )
+        return super().to_internal_value(data)
+
+
+class BatchOutputSerializer(serializers.ModelSerializer):
+    """A batch with how many of its emails are in each status."""
+
+    template = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    status_counts = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Batch
+        fields = [
+            "id",
+            "count",
+            "template",
+            "priority",
+            "send_at",
+            "tags",
+            "status_counts",
+            "created_at",
+        ]
+
+    def get_status_counts(self, batch: Batch) -> dict[str, int]:
+        """Counts per status, every status present (zero when none)."""
+        from mailqueue.selectors import batch_status_counts
+
+        return batch_status_counts(batch=batch)

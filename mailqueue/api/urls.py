@@ -1,0 +1,26 @@
+"""/api/v1/ routes: one path, one view."""
+
+from django.urls import path
+
+from mailqueue.api import views
+from templates_app import api as template_views
+
+app_name = "api"
+
+urlpatterns = [
+    path("emails/", views.EmailsApi.as_view(), name="emails"),
+    path("emails/<uuid:email_id>/", views.EmailDetailApi.as_view(), name="email-detail"),
+    path("emails/<uuid:email_id>/retry/", views.EmailRetryApi.as_view(), name="email-retry"),
+    path("emails/<uuid:email_id>/cancel/", views.EmailCancelApi.as_view(), name="email-cancel"),
+    path("batches/", views.BatchesApi.as_view(), name="batches"),
+    path("batches/<uuid:batch_id>/", views.BatchDetailApi.as_view(), name="batch-detail"),
+    path("templates/", template_views.TemplatesApi.as_view(), name="templates"),
+    path(
+        "templates/<slug:slug>/", template_views.TemplateDetailApi.as_view(), name="template-detail"
+    ),
+    path(
+        "templates/<slug:slug>/render/",
+        template_views.TemplateRenderApi.as_view(),
+        name="template-render",
+    ),
+]

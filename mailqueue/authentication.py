@@ -1,0 +1,53 @@
+"""`Authorization: Bearer mq_<prefix>_<secret>` authentication and scope permissions."""
+
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.permissions import BasePermission
+
+from mailqueue.models import ApiKey
+from mailqueue.services import api_key_authenticate
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """Authenticates a request by API key; request.user and request.auth are the ApiKey."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request) -> tuple[ApiKey, ApiKey] | None:
+        """Return (key, key) for a valid key; raise 401 for a malformed or unknown one."""
+        header = get_authorization_header(request).split()
+        if not header:
+            return None
+        if header[0].lower() != self.keyword.lower().encode():
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed(
+                "Malformed Authorization header: expected 'Bearer <api key>'."
+            )
+        try:
+            token = header[1].decode()
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("Invalid API key.") from None
+        api_key = api_key_authenticate(token=token)
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        return api_key, api_key
+
+    def authenticate_header(self, request) -> str:
+        """Makes DRF answer 401 (not 403) with a WWW-Authenticate challenge."""
+        return f'{self.keyword} realm="api"'
+
+
+class HasScope(BasePermission):
+    """Requires the API key to carry one of the scopes the view asks for this method."""
+
+    def has_permission(self, request, view) -> bool:
+        """True if the key holds a needed scope; otherwise 403 with a message naming it."""
+        api_key = request.auth
+        if not isinstance(api_key, ApiKey):
+            raise exceptions.NotAuthenticated("Authentication credentials were not provided.")
+        scopes = view.scopes_for(request.method)
+        if scopes and not set(scopes) & set(api_key.scopes):
+            needed = "' or '".join(scopes)
+            raise exceptions.PermissionDenied(f"This API key lacks the '{needed}' scope.")
+        return True

@@ -1,0 +1,249 @@
+"""Email jobs, batches, attempts, API clients and keys, idempotency records, captured messages."""
+
+import uuid
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+
+
+class Priority(models.TextChoices):
+    """Priorities are RQ queue names; workers drain `high` before `default` before `low`."""
+
+    HIGH = "high"
+    DEFAULT = "default"
+    LOW = "low"
+
+
+class EmailStatus(models.TextChoices):
+    """Lifecycle of an email. Only services in `services.py` move an email between these."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Client(models.Model):
+    """A calling service; owns API keys, emails and batches."""
+
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "api_clients"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    """A hashed API key `mq_<prefix>_<secret>`; only the prefix and a SHA-256 of it are stored."""
+
+    class Scope(models.TextChoices):
+        SEND = "send"
+        READ = "read"
+        TEMPLATES = "templates"
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True, default="")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "api_keys"
+        ordering = ["client__name", "-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"mq_{self.prefix}_… ({self.client.name})"
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Let DRF's IsAuthenticated accept a key as the request's user."""
+        return True
+
+
+class Batch(models.Model):
+    """Many emails from one template sent with one request."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="batches")
+    template = models.ForeignKey(
+        "templates_app.EmailTemplate", on_delete=models.PROTECT, related_name="batches"
+    )
+    context = models.JSONField(default=dict, blank=True)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.DEFAULT)
+    send_at = models.DateTimeField(null=True, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "email_batches"
+        ordering = ["-created_at"]
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return f"Batch {self.id} ({self.count})"
+
+
+class EmailJob(models.Model):
+    """One email: what was asked, its rendered content, and where it is in its lifecycle."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="emails")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    batch = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="emails"
+    )
+    status = models.CharField(max_length=10, choices=EmailStatus.choices)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.DEFAULT)
+
+    from_email = models.CharField(max_length=320, blank=True, default="")
+    to = models.JSONField(default=list)
+    cc = models.JSONField(default=list, blank=True)
+    bcc = models.JSONField(default=list, blank=True)
+    reply_to = models.JSONField(default=list, blank=True)
+    # First `to` address, lowercased: an indexed column for recipient filters and admin search.
+    recipient = models.CharField(max_length=320, db_index=True)
+    headers = models.JSONField(default=dict, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    template = models.ForeignKey(
+        "templates_app.EmailTemplate",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="emails",
+    )
+    context = models.JSONField(default=dict, blank=True)
+    # Raw content for non-template sends; rendered content once sent (what went out).
+    subject = models.CharField(max_length=998, blank=True, default="")
+    html = models.TextField(blank=True, default="")
+    text = models.TextField(blank=True, default="")
+
+    send_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=5)
+    last_error = models.TextField(blank=True, default="")
+    rq_job_id = models.CharField(max_length=100, blank=True, default="")
+
+    provider = models.CharField(max_length=50, blank=True, default="")
+    message_id = models.CharField(max_length=998, blank=True, default="")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "email_jobs"
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="email_created"),
+            models.Index(fields=["status", "-created_at"], name="email_status_created"),
+            models.Index(fields=["client", "-created_at"], name="email_client_created"),
+            models.Index(fields=["batch", "status"], name="email_batch_status"),
+            models.Index(fields=["status", "updated_at"], name="email_status_updated"),
+            models.Index(fields=["template", "-created_at"], name="email_template_created"),
+            models.Index(fields=["priority", "-created_at"], name="email_priority_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recipient} [{self.status}]"
+
+
+class EmailAttachment(models.Model):
+    """A file attached to an email, kept out of `email_jobs` so list queries stay light."""
+
+    email = models.ForeignKey(EmailJob, on_delete=models.CASCADE, related_name="attachments")
+    filename = models.CharField(max_length=255)
+    mimetype = models.CharField(max_length=255)
+    content = models.BinaryField()
+
+    class Meta:
+        db_table = "email_attachments"
+
+    def __str__(self) -> str:
+        return self.filename
+
+
+class DeliveryAttempt(models.Model):
+    """One try at handing an email to one provider; append-only."""
+
+    class Outcome(models.TextChoices):
+        SENT = "sent"
+        TRANSIENT = "transient", "transient error"
+        PERMANENT = "permanent", "permanent error"
+
+    email = models.ForeignKey(EmailJob, on_delete=models.CASCADE, related_name="delivery_attempts")
+    number = models.PositiveSmallIntegerField()
+    provider = models.CharField(max_length=50)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    error_class = models.CharField(max_length=200, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "email_attempts"
+        ordering = ["started_at", "id"]
+        indexes = [models.Index(fields=["email", "started_at"], name="attempt_email_time")]
+
+    def __str__(self) -> str:
+        return f"#{self.number} via {self.provider}: {self.outcome}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a request with an `Idempotency-Key`, replayed for repeats."""
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    response_location = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "idempotency_keys"
+        constraints = [
+            models.UniqueConstraint(fields=["client", "key"], name="idempotency_client_key")
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created")]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class CapturedMessage(models.Model):
+    """A message delivered to the built-in `capture` provider: the exact MIME that would go out."""
+
+    email = models.ForeignKey(
+        EmailJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="captures"
+    )
+    message_id = models.CharField(max_length=998)
+    from_email = models.CharField(max_length=320)
+    to = models.JSONField(default=list)
+    subject = models.CharField(max_length=998, blank=True, default="")
+    mime = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "captured_messages"
+        ordering = ["-created_at", "-id"]
+        verbose_name = "captured message"
+
+    def __str__(self) -> str:
+        return self.subject or self.message_id

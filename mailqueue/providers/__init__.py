@@ -1,0 +1,56 @@
+"""Provider registry: names from EMAIL_PROVIDERS to one long-lived instance per process."""
+
+from mailqueue import conf
+from mailqueue.errors import ProviderConfigurationError
+from mailqueue.providers.anymail_esp import AnymailProvider, is_anymail_esp
+from mailqueue.providers.base import Provider
+from mailqueue.providers.capture import CaptureProvider
+from mailqueue.providers.console import ConsoleProvider
+from mailqueue.providers.smtp import SmtpProvider
+
+# Built-in providers; any other name is looked up among anymail's ESP backends.
+PROVIDER_CLASSES: dict[str, type[Provider]] = {
+    "smtp": SmtpProvider,
+    "capture": CaptureProvider,
+    "console": ConsoleProvider,
+}
+
+_instances: dict[str, Provider] = {}
+
+
+def provider_class(name: str) -> type[Provider]:
+    """The class serving a provider name, or ProviderConfigurationError if none does."""
+    if name in PROVIDER_CLASSES:
+        return PROVIDER_CLASSES[name]
+    if is_anymail_esp(name):
+        return AnymailProvider
+    raise ProviderConfigurationError(
+        f"Unknown email provider '{name}'. Use smtp, capture, console or an anymail ESP name "
+        "such as amazon_ses, sendgrid, postmark, mailgun or resend."
+    )
+
+
+def get_provider(name: str) -> Provider:
+    """The process-wide instance of a provider (its connection is reused across emails)."""
+    provider = _instances.get(name)
+    if provider is None:
+        provider = provider_class(name)(name)
+        _instances[name] = provider
+    return provider
+
+
+def configured_providers() -> list[Provider]:
+    """Providers in EMAIL_PROVIDERS order."""
+    names = conf.providers()
+    if not names:
+        raise ProviderConfigurationError(
+            "No email provider is configured: set EMAIL_PROVIDERS (e.g. smtp or amazon_ses)."
+        )
+    return [get_provider(name) for name in names]
+
+
+def close_all() -> None:
+    """Close every open provider connection (worker shutdown, tests)."""
+    for provider in _instances.values():
+        provider.close()
+    _instances.clear()

@@ -1,0 +1,120 @@
+"""Every ESP anymail supports (amazon_ses, sendgrid, postmark, mailgun, resend, ...) by name."""
+
+from importlib import import_module
+
+from anymail.exceptions import (
+    AnymailAPIError,
+    AnymailConfigurationError,
+    AnymailError,
+    AnymailInvalidAddress,
+    AnymailRecipientsRefused,
+    AnymailSerializationError,
+    AnymailUnsupportedFeature,
+)
+from django.core.mail import EmailMessage
+
+from mailqueue.errors import DeliveryError, ProviderConfigurationError
+from mailqueue.providers.base import Provider, delivery_error
+
+# HTTP statuses that say "try later" or "this account/key has a problem" rather than
+# "this message is bad": retried, and the next provider is tried meanwhile.
+_TRANSIENT_STATUSES = {401, 403, 408, 409, 425, 429}
+# Amazon SES reports throttling and paused sending as HTTP 400 with these codes.
+_TRANSIENT_SES_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "ServiceUnavailable",
+    "AccountSendingPausedException",
+    "SendingPausedException",
+    "MailFromDomainNotVerifiedException",
+}
+
+
+def anymail_backend_path(name: str) -> str:
+    """Dotted path of anymail's backend for an ESP name."""
+    return f"anymail.backends.{name}.EmailBackend"
+
+
+def is_anymail_esp(name: str) -> bool:
+    """Whether anymail ships a backend with this name."""
+    if not name.replace("_", "").isalnum():
+        return False
+    try:
+        module = import_module(f"anymail.backends.{name}")
+    except ImportError:
+        return False
+    return hasattr(module, "EmailBackend") and name not in {"base", "base_requests", "test"}
+
+
+class AnymailProvider(Provider):
+    """Hands messages to an ESP's HTTP API through anymail, reusing its HTTP session."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.backend = None
+
+    def _open(self) -> None:
+        module = import_module(f"anymail.backends.{self.name}")
+        try:
+            self.backend = module.EmailBackend(fail_silently=False)
+        except AnymailConfigurationError as exc:
+            raise ProviderConfigurationError(f"Provider '{self.name}': {exc}") from exc
+        self.backend.open()
+
+    def _close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def _send(self, message: EmailMessage) -> str:
+        message.connection = self.backend
+        sent = self.backend.send_messages([message])
+        status = message.anymail_status
+        if not sent:
+            raise DeliveryError(f"{self.name} did not accept the message.", transient=False)
+        if status.status and status.status <= {"rejected", "invalid", "failed"}:
+            raise DeliveryError(
+                f"{self.name} refused every recipient: {sorted(status.status)}", transient=False
+            )
+        return (
+            status.message_id
+            if isinstance(status.message_id, str)
+            else (next(iter(status.message_id), "") if status.message_id else "")
+        )
+
+    def _classify(self, exc: Exception) -> DeliveryError:
+        if isinstance(exc, ProviderConfigurationError):
+            return DeliveryError(str(exc), error_class=type(exc).__name__, transient=True)
+        if isinstance(
+            exc,
+            (
+                AnymailRecipientsRefused,
+                AnymailInvalidAddress,
+                AnymailUnsupportedFeature,
+                AnymailSerializationError,
+            ),
+        ):
+            return delivery_error(exc, transient=False)
+        if isinstance(exc, AnymailAPIError):
+            return delivery_error(exc, transient=_api_error_is_transient(exc))
+        if isinstance(exc, AnymailError):
+            return delivery_error(exc, transient=True)
+        # Anything else (a network error escaping the ESP client) is worth another try.
+        return delivery_error(exc, transient=True)
+
+
+def _api_error_is_transient(exc: AnymailAPIError) -> bool:
+    status = exc.status_code
+    response = getattr(exc, "response", None)
+    if status is None and isinstance(response, dict):
+        # boto3 errors carry a parsed response instead of a status code.
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = response.get("Error", {}).get("Code", "")
+        if code in _TRANSIENT_SES_CODES:
+            return True
+    if status is None:
+        # No answer at all: connection refused, DNS failure, timeout.
+        return True
+    return status >= 500 or status in _TRANSIENT_STATUSES

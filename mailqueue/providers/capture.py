@@ -1,0 +1,27 @@
+"""The `capture` provider: a built-in inbox that stores the exact MIME message in the database."""
+
+from django.core.mail import EmailMessage
+
+from mailqueue.providers.base import Provider, delivery_error
+
+
+class CaptureProvider(Provider):
+    """Stores messages instead of sending them; browse them in the admin's capture inbox."""
+
+    def _send(self, message: EmailMessage) -> str:
+        from mailqueue.models import CapturedMessage
+
+        mime = message.message()
+        message_id = mime["Message-ID"].strip("<>")
+        CapturedMessage.objects.create(
+            email_id=getattr(message, "mailqueue_email_id", None),
+            message_id=message_id,
+            from_email=message.from_email,
+            to=list(message.recipients()),
+            subject=str(mime["Subject"] or ""),
+            mime=mime.as_string(),
+        )
+        return message_id
+
+    def _classify(self, exc: Exception):
+        return delivery_error(exc, transient=True)

@@ -1,0 +1,81 @@
+"""The `smtp` provider: Django's SMTP backend with one connection kept open across emails."""
+
+import smtplib
+
+from django.core.mail import EmailMessage
+from django.core.mail.backends.smtp import EmailBackend
+
+from mailqueue import conf
+from mailqueue.errors import DeliveryError
+from mailqueue.providers.base import Provider, delivery_error
+
+
+class SmtpProvider(Provider):
+    """Delivers over SMTP using the settings of EMAIL_URL."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.backend: EmailBackend | None = None
+
+    def _open(self) -> None:
+        options = conf.smtp_settings()
+        self.backend = EmailBackend(
+            host=options.get("EMAIL_HOST") or "localhost",
+            port=options.get("EMAIL_PORT") or 25,
+            username=options.get("EMAIL_HOST_USER") or "",
+            password=options.get("EMAIL_HOST_PASSWORD") or "",
+            use_tls=bool(options.get("EMAIL_USE_TLS")),
+            use_ssl=bool(options.get("EMAIL_USE_SSL")),
+            timeout=conf.smtp_timeout(),
+            fail_silently=False,
+        )
+        self.backend.open()
+
+    def _close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def _send(self, message: EmailMessage) -> str:
+        try:
+            self._send_once(message)
+        except smtplib.SMTPServerDisconnected:
+            # The server dropped an idle connection between two emails: reconnect once.
+            self.close()
+            self.open()
+            self._send_once(message)
+        return message.extra_headers["Message-ID"].strip("<>")
+
+    def _send_once(self, message: EmailMessage) -> None:
+        assert self.backend is not None
+        message.connection = self.backend
+        if self.backend.send_messages([message]) != 1:
+            raise DeliveryError("The SMTP server accepted no recipient.", transient=False)
+
+    def _classify(self, exc: Exception) -> DeliveryError:
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            codes = [code for code, _ in exc.recipients.values()]
+            details = "; ".join(
+                f"{addr}: {code} {_text(reply)}" for addr, (code, reply) in exc.recipients.items()
+            )
+            transient = any(400 <= code < 500 for code in codes)
+            return delivery_error(
+                exc, transient=transient, message=f"Recipients refused: {details}"
+            )
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            # Bad credentials are the provider's problem, not the message's: try another.
+            return delivery_error(exc, transient=True, message=_smtp_reply(exc))
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return delivery_error(exc, transient=exc.smtp_code < 500, message=_smtp_reply(exc))
+        if isinstance(exc, (smtplib.SMTPException, OSError)):
+            # Disconnects, refused connections, timeouts, TLS failures.
+            return delivery_error(exc, transient=True)
+        return delivery_error(exc, transient=False)
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _smtp_reply(exc: smtplib.SMTPResponseException) -> str:
+    return f"{exc.smtp_code} {_text(exc.smtp_error)}"

@@ -1,0 +1,208 @@
+"""Everything that puts delivery jobs into Redis: now, at a time, or never again (cancel).
+
+This is the only module that knows about RQ and rq-scheduler; swapping the scheduling backend
+means rewriting this file. PostgreSQL stays the source of truth: losing what is in Redis only
+delays emails until the sweeper (run by the scheduler process) puts them back.
+"""
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import django_rq
+from django.db import transaction
+from django.utils import timezone
+from django_rq.queues import DjangoScheduler
+from redis.exceptions import RedisError
+from rq.job import Job
+
+logger = logging.getLogger(__name__)
+
+DELIVER_FUNC = "mailqueue.tasks.deliver_emails"
+JOB_TIMEOUT_SECONDS = 900
+RESULT_TTL_SECONDS = 600
+FAILURE_TTL_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    """One RQ job that delivers one or more emails."""
+
+    job_id: str
+    email_ids: tuple[str, ...]
+    priority: str
+    run_at: datetime | None = None
+
+
+def email_job_id(email_id: UUID) -> str:
+    """The RQ job id of an email's own delivery job (RQ ids allow only [A-Za-z0-9_-])."""
+    return f"email-{email_id.hex}"
+
+
+def connection():
+    """The Redis connection the queues use."""
+    return django_rq.get_connection("default")
+
+
+def _unix_ceil(moment: datetime) -> int:
+    # rq-scheduler keeps whole seconds; rounding up means a job is never released early.
+    return math.ceil(moment.timestamp())
+
+
+def deliveries_enqueue(jobs: Iterable[DeliveryJob]) -> None:
+    """Put jobs on their priority queues, or in the scheduler for a later time, in one round trip.
+
+    Raises RedisError if Redis is unreachable.
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return
+    redis = connection()
+    now = timezone.now()
+    pipe = redis.pipeline()
+    due: dict[str, list] = {}
+    scheduler = None
+    for job in jobs:
+        kwargs = {
+            "args": (list(job.email_ids),),
+            "job_id": job.job_id,
+            "timeout": JOB_TIMEOUT_SECONDS,
+            "result_ttl": RESULT_TTL_SECONDS,
+            "failure_ttl": FAILURE_TTL_SECONDS,
+            "description": f"deliver {len(job.email_ids)} email(s)",
+        }
+        if job.run_at is None or job.run_at <= now:
+            due.setdefault(job.priority, []).append(
+                django_rq.get_queue(job.priority).prepare_data(DELIVER_FUNC, **kwargs)
+            )
+        else:
+            scheduler = scheduler or get_scheduler()
+            rq_job = scheduler._create_job(
+                DELIVER_FUNC,
+                args=kwargs["args"],
+                id=job.job_id,
+                timeout=JOB_TIMEOUT_SECONDS,
+                result_ttl=RESULT_TTL_SECONDS,
+                description=kwargs["description"],
+                queue_name=job.priority,
+                commit=False,
+            )
+            rq_job.save(pipeline=pipe)
+            pipe.zadd(scheduler.scheduled_jobs_key, {job.job_id: _unix_ceil(job.run_at)})
+    for priority, datas in due.items():
+        django_rq.get_queue(priority).enqueue_many(datas, pipeline=pipe)
+    pipe.execute()
+
+
+def deliveries_enqueue_on_commit(jobs: Iterable[DeliveryJob]) -> None:
+    """Enqueue after the current transaction commits; if Redis is down, leave it to the sweeper."""
+    jobs = list(jobs)
+
+    def _enqueue() -> None:
+        try:
+            deliveries_enqueue(jobs)
+        except RedisError as exc:
+            # The emails are safe in PostgreSQL; the sweeper enqueues them once Redis is back.
+            logger.warning(
+                "enqueue of %d job(s) failed, the sweeper will retry: %s", len(jobs), exc
+            )
+
+    transaction.on_commit(_enqueue)
+
+
+def delivery_job_cancel(job_id: str) -> None:
+    """Remove a job from the scheduler and its queue, if it is still there (best effort)."""
+    if not job_id:
+        return
+    try:
+        redis = connection()
+        scheduler = get_scheduler()
+        redis.zrem(scheduler.scheduled_jobs_key, job_id)
+        job = Job.fetch(job_id, connection=redis)
+        job.cancel()
+    except Exception as exc:
+        logger.debug("cancel of job %s skipped: %s", job_id, exc)
+
+
+def job_states(job_ids: Iterable[str]) -> dict[str, str | None]:
+    """RQ status of each job id (None when Redis has no such job), in one round trip."""
+    job_ids = list(dict.fromkeys(job_ids))
+    if not job_ids:
+        return {}
+    pipe = connection().pipeline()
+    for job_id in job_ids:
+        pipe.hget(Job.key_for(job_id), "status")
+    return {
+        job_id: (value.decode() if isinstance(value, bytes) else value)
+        for job_id, value in zip(job_ids, pipe.execute(), strict=True)
+    }
+
+
+def get_scheduler(interval: float = 1.0) -> "MailqueueScheduler":
+    """The rq-scheduler instance used for delayed sends and retries."""
+    return django_rq.get_scheduler("default", interval=interval)
+
+
+class MailqueueScheduler(DjangoScheduler):
+    """rq-scheduler's loop, plus the sweeper, and surviving Redis outages and flushes.
+
+    Only the instance holding the scheduler lock releases jobs and sweeps, so several
+    scheduler processes can run for availability.
+    """
+
+    def run(self, burst: bool = False) -> None:
+        """Release due jobs every interval and sweep stuck emails every sweep interval."""
+        from mailqueue import conf
+        from mailqueue.services import emails_sweep
+
+        self._install_signal_handlers()
+        last_sweep = 0.0
+        registered = False
+        while True:
+            started = time.monotonic()
+            try:
+                if not registered:
+                    self.register_birth()
+                    registered = True
+                self.heartbeat()
+                if self.acquire_lock():
+                    try:
+                        self.enqueue_jobs()
+                        if started - last_sweep >= conf.sweep_interval_seconds():
+                            self._sweep(emails_sweep)
+                            last_sweep = started
+                    finally:
+                        self.remove_lock()
+            except RedisError as exc:
+                logger.warning("scheduler: Redis unavailable, retrying: %s", exc)
+                registered = False
+                # Sweeping needs only the database to find work, but enqueueing needs Redis.
+            if burst:
+                break
+            elapsed = time.monotonic() - started
+            time.sleep(max(0.0, self._interval - elapsed))
+        self.remove_lock()
+        self.register_death()
+
+    def register_birth(self) -> None:
+        """Register this scheduler, replacing a stale registration left by a dead one."""
+        self.connection.delete(self.key)
+        super().register_birth()
+
+    def _sweep(self, emails_sweep) -> None:
+        from django.db import close_old_connections
+
+        close_old_connections()
+        try:
+            result = emails_sweep()
+        except RedisError:
+            raise
+        except Exception:
+            logger.exception("sweeper failed; will try again")
+            return
+        if result.total:
+            logger.info("sweeper re-enqueued %s", result)

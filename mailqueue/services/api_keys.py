@@ -1,0 +1,74 @@
+"""Creating and checking API keys."""
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from mailqueue.errors import ValidationFailed
+from mailqueue.models import ApiKey, Client
+
+KEY_PREFIX = "mq"
+ALL_SCOPES = tuple(ApiKey.Scope.values)
+# Touch last_used_at at most this often, so authenticating is not a write per request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new key: `plaintext` is shown once and never stored."""
+
+    api_key: ApiKey
+    plaintext: str
+
+
+def _hash(secret: str) -> str:
+    # The secret is 256 random bits, so one fast SHA-256 is as strong as a slow password hash.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@transaction.atomic
+def api_key_create(*, client_name: str, scopes: list[str], name: str = "") -> IssuedKey:
+    """Create a key for a client (creating the client if needed) and return its plaintext once."""
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown scope(s): {', '.join(unknown)}; use {', '.join(ALL_SCOPES)}.", field="scopes"
+        )
+    if not scopes:
+        raise ValidationFailed("A key needs at least one scope.", field="scopes")
+    client, _ = Client.objects.get_or_create(name=client_name)
+    prefix = secrets.token_hex(4)
+    secret = secrets.token_urlsafe(32)
+    api_key = ApiKey.objects.create(
+        client=client,
+        name=name,
+        prefix=prefix,
+        key_hash=_hash(secret),
+        scopes=sorted(set(scopes)),
+    )
+    return IssuedKey(api_key=api_key, plaintext=f"{KEY_PREFIX}_{prefix}_{secret}")
+
+
+def api_key_authenticate(*, token: str) -> ApiKey | None:
+    """The active key matching a bearer token, or None."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    _, prefix, secret = parts
+    api_key = ApiKey.objects.select_related("client").filter(prefix=prefix, is_active=True).first()
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, _hash(secret)):
+        return None
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    return api_key
+
+
+def api_key_revoke(*, api_key: ApiKey) -> None:
+    """Deactivate a key; requests with it get 401 from then on."""
+    ApiKey.objects.filter(pk=api_key.pk).update(is_active=False)

@@ -1,0 +1,387 @@
+"""The worker side: claim emails, render them, hand them to providers, record the outcome."""
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.core.mail import EmailMultiAlternatives
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from mailqueue import conf
+from mailqueue.errors import DeliveryError, MailqueueError
+from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus
+from mailqueue.providers import configured_providers
+from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit, email_job_id
+from templates_app.rendering import RenderedContent, render_content
+from tracking.models import EventType
+from tracking.services import NewEvent, events_record
+
+logger = logging.getLogger(__name__)
+
+CLAIMABLE = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.RETRYING)
+
+
+def claimable_filter(now: datetime) -> Q:
+    """Emails a worker may take now: queued, or scheduled/retrying whose time has come."""
+    return (
+        Q(status=EmailStatus.QUEUED, send_at__isnull=True)
+        | Q(status__in=(EmailStatus.QUEUED, EmailStatus.SCHEDULED), send_at__lte=now)
+        | Q(status=EmailStatus.RETRYING, next_attempt_at__lte=now)
+    )
+
+
+def emails_claim(*, email_ids: list[str]) -> list[EmailJob]:
+    """Move due emails among the ids to `sending` under a lease; each is claimed by one worker."""
+    now = timezone.now()
+    with transaction.atomic():
+        # SKIP LOCKED: a second worker holding the same ids skips rows being claimed right now,
+        # and the status condition in the UPDATE keeps it from claiming them afterwards.
+        ids = list(
+            EmailJob.objects.select_for_update(skip_locked=True)
+            .filter(claimable_filter(now), pk__in=email_ids)
+            .values_list("pk", flat=True)
+        )
+        if not ids:
+            return []
+        EmailJob.objects.filter(claimable_filter(now), pk__in=ids).update(
+            status=EmailStatus.SENDING,
+            lease_expires_at=now + timedelta(seconds=conf.lease_seconds()),
+            next_attempt_at=None,
+            updated_at=now,
+        )
+    # The rows were locked until the commit above, so every id in `ids` is ours now.
+    return list(
+        EmailJob.objects.filter(pk__in=ids)
+        .select_related("template")
+        .prefetch_related("attachments")
+    )
+
+
+def emails_not_yet_due(*, email_ids: list[str]) -> list[EmailJob]:
+    """Emails among the ids that are waiting for a future time (a job that ran early)."""
+    now = timezone.now()
+    return list(
+        EmailJob.objects.filter(pk__in=email_ids)
+        .filter(
+            Q(status__in=(EmailStatus.QUEUED, EmailStatus.SCHEDULED), send_at__gt=now)
+            | Q(status=EmailStatus.RETRYING, next_attempt_at__gt=now)
+        )
+        .only("pk", "status", "send_at", "next_attempt_at", "priority")
+    )
+
+
+def email_render(*, email: EmailJob) -> RenderedContent:
+    """Rendered subject, HTML and text of an email (its template, or its raw content)."""
+    if email.template_id:
+        template = email.template
+        return render_content(
+            subject=template.subject, html=template.html, text=template.text, context=email.context
+        )
+    return RenderedContent(subject=email.subject, html=email.html, text=email.text)
+
+
+def smtp_message_id(email_id: UUID) -> str:
+    """The Message-ID we give an email: stable across attempts, unique per email."""
+    return f"{email_id.hex}@{conf.message_id_domain()}"
+
+
+def email_build_message(*, email: EmailJob, content: RenderedContent) -> EmailMultiAlternatives:
+    """The Django EmailMessage for an email, with our Message-ID and anymail tags/metadata."""
+    headers = {**email.headers, "Message-ID": f"<{smtp_message_id(email.pk)}>"}
+    message = EmailMultiAlternatives(
+        subject=content.subject,
+        body=content.text or content.html,
+        from_email=email.from_email or conf.default_from_email(),
+        to=email.to,
+        cc=email.cc,
+        bcc=email.bcc,
+        reply_to=email.reply_to,
+        headers=headers,
+    )
+    if not content.text:
+        message.content_subtype = "html"
+    elif content.html:
+        message.attach_alternative(content.html, "text/html")
+    for attachment in email.attachments.all():
+        message.attach(attachment.filename, bytes(attachment.content), attachment.mimetype)
+    # anymail passes these to ESPs that support them; other backends ignore them.
+    message.tags = list(email.tags)
+    message.metadata = {**email.metadata, "mailqueue_id": str(email.pk)}
+    message.mailqueue_email_id = email.pk
+    return message
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(max, base * 2**(attempt-1)))."""
+    ceiling = min(conf.retry_max_seconds(), conf.retry_base_seconds() * 2 ** max(0, attempt - 1))
+    return random.uniform(0, ceiling)
+
+
+@dataclass
+class _Outcome:
+    sent: bool
+    provider: str = ""
+    message_id: str = ""
+    error: DeliveryError | None = None
+
+
+def _attempt(email: EmailJob, message: EmailMultiAlternatives, number: int) -> _Outcome:
+    """Try each configured provider in order until one takes the message or one refuses it."""
+    attempts = []
+    outcome = _Outcome(sent=False)
+    try:
+        providers = configured_providers()
+    except MailqueueError as exc:
+        return _Outcome(sent=False, error=DeliveryError(str(exc), error_class="configuration"))
+    for provider in providers:
+        started = timezone.now()
+        clock = time.monotonic()
+        try:
+            message_id = provider.send(message)
+        except DeliveryError as exc:
+            outcome = _Outcome(sent=False, provider=provider.name, error=exc)
+            attempts.append(
+                DeliveryAttempt(
+                    email=email,
+                    number=number,
+                    provider=provider.name,
+                    outcome=(
+                        DeliveryAttempt.Outcome.TRANSIENT
+                        if exc.transient
+                        else DeliveryAttempt.Outcome.PERMANENT
+                    ),
+                    error_class=exc.error_class,
+                    error_message=exc.message[:5000],
+                    started_at=started,
+                    duration_ms=int((time.monotonic() - clock) * 1000),
+                )
+            )
+            if not exc.transient:
+                break
+            logger.warning(
+                "email %s: provider %s failed (%s), trying the next one",
+                email.pk,
+                provider.name,
+                exc.error_class,
+            )
+            continue
+        attempts.append(
+            DeliveryAttempt(
+                email=email,
+                number=number,
+                provider=provider.name,
+                outcome=DeliveryAttempt.Outcome.SENT,
+                started_at=started,
+                duration_ms=int((time.monotonic() - clock) * 1000),
+            )
+        )
+        outcome = _Outcome(sent=True, provider=provider.name, message_id=message_id)
+        break
+    DeliveryAttempt.objects.bulk_create(attempts)
+    return outcome
+
+
+def email_deliver(*, email: EmailJob) -> str:
+    """Deliver one claimed (`sending`) email and record the outcome; return its new status."""
+    number = email.attempts + 1
+    try:
+        content = email_render(email=email)
+        message = email_build_message(email=email, content=content)
+    except MailqueueError as exc:
+        # A template that cannot render will not render next time either: fail now.
+        error = DeliveryError(f"{exc.field or 'content'}: {exc.message}", error_class="render")
+        error.transient = False
+        DeliveryAttempt.objects.create(
+            email=email,
+            number=number,
+            provider="",
+            outcome=DeliveryAttempt.Outcome.PERMANENT,
+            error_class="render",
+            error_message=error.message,
+            started_at=timezone.now(),
+        )
+        return _email_finish_failed(email=email, number=number, error=error, content=None)
+    outcome = _attempt(email, message, number)
+    if outcome.sent:
+        return _email_finish_sent(email=email, number=number, outcome=outcome, content=content)
+    assert outcome.error is not None
+    if outcome.error.transient and number < email.max_attempts:
+        return _email_finish_retry(email=email, number=number, error=outcome.error)
+    return _email_finish_failed(email=email, number=number, error=outcome.error, content=content)
+
+
+def _content_fields(content: RenderedContent | None) -> dict:
+    if content is None:
+        return {}
+    return {"subject": content.subject, "html": content.html, "text": content.text}
+
+
+def _finish(email: EmailJob, event: NewEvent, **fields) -> bool:
+    """Conditional update out of `sending`; False if the lease was lost meanwhile."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = EmailJob.objects.filter(pk=email.pk, status=EmailStatus.SENDING).update(
+            lease_expires_at=None, updated_at=now, **fields
+        )
+        if updated:
+            events_record(events=[event])
+    if not updated:
+        logger.warning("email %s: left `sending` while being delivered (lease lost)", email.pk)
+    return bool(updated)
+
+
+def _email_finish_sent(
+    *, email: EmailJob, number: int, outcome: _Outcome, content: RenderedContent
+) -> str:
+    _finish(
+        email,
+        NewEvent(
+            email_id=email.pk,
+            event_type=EventType.SENT,
+            provider=outcome.provider,
+            recipient=email.recipient,
+            data={"message_id": outcome.message_id},
+        ),
+        status=EmailStatus.SENT,
+        attempts=number,
+        provider=outcome.provider,
+        message_id=outcome.message_id,
+        sent_at=timezone.now(),
+        last_error="",
+        **_content_fields(content),
+    )
+    return EmailStatus.SENT
+
+
+def _email_finish_failed(
+    *, email: EmailJob, number: int, error: DeliveryError, content: RenderedContent | None
+) -> str:
+    kind = "permanent error" if not error.transient else "gave up after the last attempt"
+    _finish(
+        email,
+        NewEvent(
+            email_id=email.pk,
+            event_type=EventType.FAILED,
+            recipient=email.recipient,
+            description=f"{kind}: {error.message}",
+            data={"error_class": error.error_class},
+        ),
+        status=EmailStatus.FAILED,
+        attempts=number,
+        last_error=error.message[:5000],
+        **_content_fields(content),
+    )
+    return EmailStatus.FAILED
+
+
+def _email_finish_retry(*, email: EmailJob, number: int, error: DeliveryError) -> str:
+    next_at = timezone.now() + timedelta(seconds=backoff_seconds(number))
+    job_id = f"retry-{email.pk.hex}-{number}"
+    with transaction.atomic():
+        moved = _finish(
+            email,
+            NewEvent(
+                email_id=email.pk,
+                event_type=EventType.DEFERRED,
+                recipient=email.recipient,
+                description=f"attempt {number} failed, next at {next_at.isoformat()}: "
+                f"{error.message}",
+                data={"error_class": error.error_class, "next_attempt_at": next_at.isoformat()},
+            ),
+            status=EmailStatus.RETRYING,
+            attempts=number,
+            last_error=error.message[:5000],
+            next_attempt_at=next_at,
+            rq_job_id=job_id,
+        )
+        if moved:
+            deliveries_enqueue_on_commit(
+                [
+                    DeliveryJob(
+                        job_id=job_id,
+                        email_ids=(str(email.pk),),
+                        priority=email.priority,
+                        run_at=next_at,
+                    )
+                ]
+            )
+    return EmailStatus.RETRYING
+
+
+@dataclass
+class DeliveryReport:
+    """What one delivery job did, stored as the RQ job's result."""
+
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+    skipped: int = 0
+    rescheduled: int = 0
+
+    def as_dict(self) -> dict:
+        """Plain dict for RQ's result storage."""
+        return dict(self.__dict__)
+
+
+def emails_deliver(*, email_ids: list[str]) -> DeliveryReport:
+    """Claim and deliver the emails of one job over the worker's open provider connections."""
+    report = DeliveryReport()
+    claimed = emails_claim(email_ids=email_ids)
+    report.claimed = len(claimed)
+    for email in claimed:
+        try:
+            status = email_deliver(email=email)
+        except Exception as exc:
+            # A bug or a database hiccup on one email must not stop the rest of the chunk; the
+            # email stays `sending` and the sweeper takes it back when its lease ends.
+            logger.exception("email %s: delivery crashed", email.pk)
+            _record_crash(email, exc)
+            status = "crashed"
+        if status == EmailStatus.SENT:
+            report.sent += 1
+        elif status == EmailStatus.FAILED:
+            report.failed += 1
+        elif status == EmailStatus.RETRYING:
+            report.retrying += 1
+    if len(claimed) < len(email_ids):
+        claimed_ids = {str(email.pk) for email in claimed}
+        early = emails_not_yet_due(email_ids=[i for i in email_ids if i not in claimed_ids])
+        report.rescheduled = _reschedule(early)
+        report.skipped = len(email_ids) - len(claimed) - report.rescheduled
+    return report
+
+
+def _record_crash(email: EmailJob, exc: Exception) -> None:
+    try:
+        EmailJob.objects.filter(pk=email.pk).update(
+            last_error=f"worker error: {type(exc).__name__}: {exc}"[:5000]
+        )
+    except Exception:
+        logger.exception("email %s: could not record the crash", email.pk)
+
+
+def _reschedule(emails: list[EmailJob]) -> int:
+    """Put back emails whose job ran before their time (never send early)."""
+    with transaction.atomic():
+        deliveries_enqueue_on_commit(
+            [
+                DeliveryJob(
+                    job_id=email_job_id(email.pk),
+                    email_ids=(str(email.pk),),
+                    priority=email.priority,
+                    run_at=(
+                        email.next_attempt_at
+                        if email.status == EmailStatus.RETRYING
+                        else email.send_at
+                    ),
+                )
+                for email in emails
+            ]
+        )
+    return len(emails)

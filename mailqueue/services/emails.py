@@ -1,0 +1,329 @@
+"""Writes that accept, cancel and retry emails and batches (the outbox side of the pipeline)."""
+
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID, uuid4
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from mailqueue import conf
+from mailqueue.errors import InvalidTransition, TemplateNotFound, ValidationFailed
+from mailqueue.models import (
+    ApiKey,
+    Batch,
+    Client,
+    EmailAttachment,
+    EmailJob,
+    EmailStatus,
+    Priority,
+)
+from mailqueue.scheduling import (
+    DeliveryJob,
+    deliveries_enqueue_on_commit,
+    delivery_job_cancel,
+    email_job_id,
+)
+from mailqueue.validation import address_spec, check_recipient_count
+from templates_app.models import EmailTemplate
+from templates_app.services import template_check_context
+from tracking.models import EventType
+from tracking.services import NewEvent, events_record
+
+CANCELLABLE = (EmailStatus.SCHEDULED, EmailStatus.QUEUED, EmailStatus.RETRYING)
+RETRYABLE = (EmailStatus.FAILED, EmailStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class AttachmentInput:
+    """An attachment as received: base64 content is decoded by `attachment_decode`."""
+
+    filename: str
+    content: bytes
+    mimetype: str
+
+
+def attachment_decode(*, filename: str, content: str, mimetype: str, field: str) -> AttachmentInput:
+    """Decode one base64 attachment, naming the field if the content is not valid base64."""
+    try:
+        raw = base64.b64decode(content, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed("Attachment content must be base64.", field=field) from None
+    return AttachmentInput(filename=filename, content=raw, mimetype=mimetype)
+
+
+def template_get_active(*, slug: str, field: str = "template") -> EmailTemplate:
+    """The active template with this slug, or TemplateNotFound naming the field."""
+    template = EmailTemplate.objects.filter(slug=slug, is_active=True).first()
+    if template is None:
+        raise TemplateNotFound(f"No active template with slug '{slug}'.", field=field)
+    return template
+
+
+def _initial_status(send_at: datetime | None, now: datetime) -> str:
+    return EmailStatus.SCHEDULED if send_at and send_at > now else EmailStatus.QUEUED
+
+
+@transaction.atomic
+def email_create(
+    *,
+    client: Client,
+    to: list[str],
+    api_key: ApiKey | None = None,
+    cc: Sequence[str] = (),
+    bcc: Sequence[str] = (),
+    reply_to: Sequence[str] = (),
+    from_email: str | None = None,
+    template: str | None = None,
+    context: dict | None = None,
+    subject: str | None = None,
+    html: str | None = None,
+    text: str | None = None,
+    priority: str = Priority.DEFAULT,
+    send_at: datetime | None = None,
+    tags: Sequence[str] = (),
+    metadata: dict | None = None,
+    headers: dict | None = None,
+    attachments: Iterable[AttachmentInput] = (),
+) -> EmailJob:
+    """Store one email in the outbox and enqueue its delivery once the transaction commits."""
+    context = context or {}
+    check_recipient_count(to=list(to), cc=list(cc), bcc=list(bcc))
+    template_obj = None
+    if template:
+        template_obj = template_get_active(slug=template)
+        template_check_context(template=template_obj, context=context)
+    elif not subject or not (html or text):
+        raise ValidationFailed(
+            "Give either 'template' (with 'context') or 'subject' with 'html' and/or 'text'.",
+            field="template",
+        )
+    now = timezone.now()
+    email = EmailJob(
+        id=uuid4(),
+        client=client,
+        api_key=api_key,
+        status=_initial_status(send_at, now),
+        priority=priority,
+        from_email=from_email or "",
+        to=list(to),
+        cc=list(cc),
+        bcc=list(bcc),
+        reply_to=list(reply_to),
+        recipient=address_spec(to[0]),
+        headers=headers or {},
+        tags=list(tags),
+        metadata=metadata or {},
+        template=template_obj,
+        context=context,
+        subject=subject or "",
+        html=html or "",
+        text=text or "",
+        send_at=send_at,
+        max_attempts=conf.max_attempts(),
+    )
+    email.rq_job_id = email_job_id(email.id)
+    email.save(force_insert=True)
+    EmailAttachment.objects.bulk_create(
+        EmailAttachment(
+            email=email, filename=item.filename, mimetype=item.mimetype, content=item.content
+        )
+        for item in attachments
+    )
+    deliveries_enqueue_on_commit(
+        [
+            DeliveryJob(
+                job_id=email.rq_job_id,
+                email_ids=(str(email.id),),
+                priority=email.priority,
+                run_at=email.send_at if email.status == EmailStatus.SCHEDULED else None,
+            )
+        ]
+    )
+    return email
+
+
+@dataclass(frozen=True)
+class BatchRecipient:
+    """One recipient of a batch with the context and metadata only they get."""
+
+    to: list[str]
+    context: dict
+    metadata: dict
+
+
+@transaction.atomic
+def batch_create(
+    *,
+    client: Client,
+    template: str,
+    recipients: Sequence[BatchRecipient],
+    api_key: ApiKey | None = None,
+    context: dict | None = None,
+    priority: str = Priority.DEFAULT,
+    send_at: datetime | None = None,
+    tags: Sequence[str] = (),
+    from_email: str | None = None,
+) -> Batch:
+    """Store a batch and its emails in bulk; enqueue its chunk jobs in one Redis round trip."""
+    if not recipients:
+        raise ValidationFailed("A batch needs at least one recipient.", field="recipients")
+    if len(recipients) > conf.batch_max():
+        raise ValidationFailed(
+            f"Too many recipients: {len(recipients)} (the limit is {conf.batch_max()}).",
+            field="recipients",
+        )
+    shared_context = context or {}
+    template_obj = template_get_active(slug=template)
+    for index, recipient in enumerate(recipients):
+        template_check_context(
+            template=template_obj,
+            context={**shared_context, **recipient.context},
+            field=f"recipients[{index}].context",
+        )
+        check_recipient_count(to=recipient.to, cc=[], bcc=[])
+    now = timezone.now()
+    status = _initial_status(send_at, now)
+    batch = Batch.objects.create(
+        client=client,
+        template=template_obj,
+        context=shared_context,
+        priority=priority,
+        send_at=send_at,
+        tags=list(tags),
+        count=len(recipients),
+    )
+    chunk_size = conf.batch_chunk_size()
+    emails = []
+    jobs = []
+    for start in range(0, len(recipients), chunk_size):
+        job_id = f"batch-{batch.id.hex}-{start // chunk_size}"
+        chunk = []
+        for recipient in recipients[start : start + chunk_size]:
+            email = EmailJob(
+                id=uuid4(),
+                client=client,
+                api_key=api_key,
+                batch=batch,
+                status=status,
+                priority=priority,
+                from_email=from_email or "",
+                to=recipient.to,
+                recipient=address_spec(recipient.to[0]),
+                tags=list(tags),
+                metadata=recipient.metadata,
+                template=template_obj,
+                context={**shared_context, **recipient.context},
+                send_at=send_at,
+                max_attempts=conf.max_attempts(),
+                rq_job_id=job_id,
+            )
+            emails.append(email)
+            chunk.append(str(email.id))
+        jobs.append(
+            DeliveryJob(
+                job_id=job_id,
+                email_ids=tuple(chunk),
+                priority=priority,
+                run_at=send_at if status == EmailStatus.SCHEDULED else None,
+            )
+        )
+    EmailJob.objects.bulk_create(emails, batch_size=500)
+    deliveries_enqueue_on_commit(jobs)
+    return batch
+
+
+def _record_status_events(email_ids: Iterable[UUID], event_type: str, description: str) -> None:
+    events_record(
+        events=[
+            NewEvent(email_id=email_id, event_type=event_type, description=description)
+            for email_id in email_ids
+        ]
+    )
+
+
+@transaction.atomic
+def email_cancel(*, email: EmailJob) -> EmailJob:
+    """Cancel an email that has not started sending; InvalidTransition (409) otherwise."""
+    updated = EmailJob.objects.filter(pk=email.pk, status__in=CANCELLABLE).update(
+        status=EmailStatus.CANCELLED, next_attempt_at=None, updated_at=timezone.now()
+    )
+    email.refresh_from_db()
+    if not updated:
+        raise InvalidTransition(
+            f"Cannot cancel an email that is {email.status}; only scheduled, queued or "
+            "retrying emails can be cancelled."
+        )
+    _record_status_events([email.pk], EventType.CANCELLED, "Cancelled.")
+    if not email.batch_id:
+        job_id = email.rq_job_id
+        transaction.on_commit(lambda: delivery_job_cancel(job_id))
+    return email
+
+
+@transaction.atomic
+def email_retry(*, email: EmailJob) -> EmailJob:
+    """Queue a failed or cancelled email again, to be sent as soon as possible."""
+    now = timezone.now()
+    updated = EmailJob.objects.filter(pk=email.pk, status__in=RETRYABLE).update(
+        status=EmailStatus.QUEUED,
+        send_at=None,
+        next_attempt_at=None,
+        lease_expires_at=None,
+        attempts=0,
+        last_error="",
+        rq_job_id=email_job_id(email.pk),
+        updated_at=now,
+    )
+    email.refresh_from_db()
+    if not updated:
+        raise InvalidTransition(
+            f"Cannot retry an email that is {email.status}; only failed or cancelled emails "
+            "can be retried."
+        )
+    _record_status_events([email.pk], EventType.QUEUED, "Queued again by a retry.")
+    deliveries_enqueue_on_commit(
+        [DeliveryJob(job_id=email.rq_job_id, email_ids=(str(email.pk),), priority=email.priority)]
+    )
+    return email
+
+
+@dataclass
+class BulkResult:
+    """How many emails a bulk action changed, and how many it skipped because of their status."""
+
+    changed: int = 0
+    skipped: int = 0
+
+
+def emails_cancel_many(*, email_ids: Iterable[UUID]) -> BulkResult:
+    """Cancel every cancellable email among the ids (admin action)."""
+    result = BulkResult()
+    for email in EmailJob.objects.filter(pk__in=list(email_ids)).only("pk", "status"):
+        try:
+            email_cancel(email=email)
+            result.changed += 1
+        except InvalidTransition:
+            result.skipped += 1
+    return result
+
+
+def emails_retry_many(*, email_ids: Iterable[UUID]) -> BulkResult:
+    """Retry every failed or cancelled email among the ids (admin action)."""
+    result = BulkResult()
+    for email in EmailJob.objects.filter(pk__in=list(email_ids)).only("pk", "status"):
+        try:
+            email_retry(email=email)
+            result.changed += 1
+        except InvalidTransition:
+            result.skipped += 1
+    return result
+
+
+def recipient_filter(address: str) -> Q:
+    """Match emails whose To contains an address (indexed first-recipient column)."""
+    return Q(recipient=address_spec(address) or address.strip().lower())

@@ -1,0 +1,184 @@
+"""The sweeper: what PostgreSQL accepted ends sent, failed or cancelled, even if Redis forgot it.
+
+Run by the scheduler process every MAILQUEUE_SWEEP_INTERVAL_SECONDS (and by
+`manage.py mailqueue_sweep`). It needs nothing from Redis to find work: the email rows say what
+should be in flight, and Redis is only asked whether the matching job still exists.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from uuid import uuid4
+
+from django.db import transaction
+from django.utils import timezone
+
+from mailqueue import conf
+from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus, IdempotencyRecord
+from mailqueue.scheduling import DeliveryJob, deliveries_enqueue, email_job_id, job_states
+from tracking.models import EventType
+from tracking.services import NewEvent, events_record
+
+logger = logging.getLogger(__name__)
+
+WAITING = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.RETRYING)
+# RQ job states in which the job will still run (or is running).
+LIVE_JOB_STATES = {"queued", "started", "deferred", "scheduled"}
+PAGE_SIZE = 500
+MAX_PAGES = 20
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did."""
+
+    requeued: int = 0
+    reclaimed: int = 0
+    failed: int = 0
+    idempotency_keys_expired: int = 0
+
+    @property
+    def total(self) -> int:
+        """Emails the sweep acted on."""
+        return self.requeued + self.reclaimed + self.failed
+
+    def __str__(self) -> str:
+        return (
+            f"requeued={self.requeued} reclaimed={self.reclaimed} failed={self.failed} "
+            f"idempotency_keys_expired={self.idempotency_keys_expired}"
+        )
+
+
+def emails_sweep() -> SweepResult:
+    """Take back expired leases, re-enqueue emails whose job Redis lost, expire old keys."""
+    result = SweepResult()
+    _reclaim_expired_leases(result)
+    _requeue_lost_jobs(result)
+    cutoff = timezone.now() - timedelta(hours=conf.idempotency_ttl_hours())
+    result.idempotency_keys_expired, _ = IdempotencyRecord.objects.filter(
+        created_at__lt=cutoff
+    ).delete()
+    return result
+
+
+def _reclaim_expired_leases(result: SweepResult) -> None:
+    """A worker died (or hung) while sending: count the attempt and send again (or give up)."""
+    now = timezone.now()
+    expired = list(
+        EmailJob.objects.filter(status=EmailStatus.SENDING, lease_expires_at__lt=now).only(
+            "pk", "attempts", "max_attempts", "priority", "recipient"
+        )[: PAGE_SIZE * MAX_PAGES]
+    )
+    jobs = []
+    with transaction.atomic():
+        for email in expired:
+            number = email.attempts + 1
+            message = "The worker stopped before finishing this attempt (lease expired)."
+            give_up = number >= email.max_attempts
+            fields = {
+                "status": EmailStatus.FAILED if give_up else EmailStatus.RETRYING,
+                "attempts": number,
+                "last_error": message,
+                "lease_expires_at": None,
+                "next_attempt_at": None if give_up else now,
+                "rq_job_id": email_job_id(email.pk),
+                "updated_at": now,
+            }
+            moved = EmailJob.objects.filter(
+                pk=email.pk, status=EmailStatus.SENDING, lease_expires_at__lt=now
+            ).update(**fields)
+            if not moved:
+                continue
+            DeliveryAttempt.objects.create(
+                email_id=email.pk,
+                number=number,
+                provider="",
+                outcome=DeliveryAttempt.Outcome.TRANSIENT,
+                error_class="lease_expired",
+                error_message=message,
+                started_at=now,
+            )
+            events_record(
+                events=[
+                    NewEvent(
+                        email_id=email.pk,
+                        event_type=EventType.FAILED if give_up else EventType.DEFERRED,
+                        recipient=email.recipient,
+                        description=message,
+                    )
+                ]
+            )
+            if give_up:
+                result.failed += 1
+            else:
+                result.reclaimed += 1
+                jobs.append(
+                    DeliveryJob(
+                        job_id=email_job_id(email.pk),
+                        email_ids=(str(email.pk),),
+                        priority=email.priority,
+                    )
+                )
+    if jobs:
+        deliveries_enqueue(jobs)
+
+
+def _requeue_lost_jobs(result: SweepResult) -> None:
+    """Re-enqueue waiting emails whose RQ job is gone (Redis flushed or restarted empty)."""
+    now = timezone.now()
+    settled_before = now - timedelta(seconds=conf.sweep_grace_seconds())
+    last_key = None
+    for _ in range(MAX_PAGES):
+        page = EmailJob.objects.filter(status__in=WAITING, updated_at__lt=settled_before)
+        if last_key is not None:
+            page = page.filter(updated_at__gte=last_key[0]).exclude(
+                updated_at=last_key[0], pk__lte=last_key[1]
+            )
+        rows = list(
+            page.order_by("updated_at", "pk").values(
+                "pk", "status", "priority", "rq_job_id", "send_at", "next_attempt_at", "updated_at"
+            )[:PAGE_SIZE]
+        )
+        if not rows:
+            break
+        last_key = (rows[-1]["updated_at"], rows[-1]["pk"])
+        states = job_states(row["rq_job_id"] for row in rows if row["rq_job_id"])
+        lost = [row for row in rows if states.get(row["rq_job_id"]) not in LIVE_JOB_STATES]
+        if lost:
+            result.requeued += _requeue(lost)
+        if len(rows) < PAGE_SIZE:
+            break
+
+
+def _requeue(rows: list[dict]) -> int:
+    """Give lost emails new jobs, grouped by priority and due time, chunked like batches."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        run_at = row["next_attempt_at"] if row["status"] == EmailStatus.RETRYING else row["send_at"]
+        groups.setdefault((row["priority"], run_at), []).append(row)
+    jobs = []
+    chunk_size = conf.batch_chunk_size()
+    requeued = 0
+    with transaction.atomic():
+        for (priority, run_at), members in groups.items():
+            for start in range(0, len(members), chunk_size):
+                chunk = members[start : start + chunk_size]
+                job_id = f"sweep-{uuid4().hex}"
+                ids = []
+                for row in chunk:
+                    # Only rows still waiting with the job id we saw: a worker may have moved on.
+                    if EmailJob.objects.filter(
+                        pk=row["pk"], status=row["status"], rq_job_id=row["rq_job_id"]
+                    ).update(rq_job_id=job_id):
+                        ids.append(str(row["pk"]))
+                if ids:
+                    jobs.append(
+                        DeliveryJob(
+                            job_id=job_id, email_ids=tuple(ids), priority=priority, run_at=run_at
+                        )
+                    )
+                    requeued += len(ids)
+    deliveries_enqueue(jobs)
+    if requeued:
+        logger.info("sweeper: re-enqueued %d email(s) whose job was lost", requeued)
+    return requeued

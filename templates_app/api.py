@@ -1,0 +1,186 @@
+"""Template API: list, create, read, update, delete and render stored templates."""
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from mailqueue.api.serializers import StrictSerializer
+from mailqueue.api.views import ScopedApiView
+from templates_app.models import EmailTemplate
+from templates_app.selectors import template_get, template_list
+from templates_app.services import (
+    template_create,
+    template_delete,
+    template_render,
+    template_update,
+)
+
+
+class TemplateVariablesField(serializers.ListField):
+    """Required variable names: identifiers, no duplicates."""
+
+    child = serializers.RegexField(r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)
+
+    def to_internal_value(self, data):
+        """Deduplicate while keeping order."""
+        return list(dict.fromkeys(super().to_internal_value(data)))
+
+
+class TemplateInputSerializer(StrictSerializer):
+    """Body of POST/PUT/PATCH of a template."""
+
+    slug = serializers.SlugField(max_length=100)
+    name = serializers.CharField(max_length=200)
+    subject = serializers.CharField(max_length=998)
+    html = serializers.CharField(
+        allow_blank=True, required=False, default="", trim_whitespace=False
+    )
+    text = serializers.CharField(
+        allow_blank=True, required=False, default="", trim_whitespace=False
+    )
+    variables = TemplateVariablesField(required=False, default=list)
+    sample_context = serializers.JSONField(required=False, default=dict)
+    is_active = serializers.BooleanField(required=False, default=True)
+
+    def validate_sample_context(self, value: object) -> dict:
+        """A JSON object."""
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        """A template needs at least one body (only checked when both are known)."""
+        if not self.partial and not (attrs.get("html") or attrs.get("text")):
+            raise serializers.ValidationError({"html": ["Give 'html' and/or 'text'."]})
+        return attrs
+
+
+class TemplateOutputSerializer(serializers.ModelSerializer):
+    """A stored template."""
+
+    class Meta:
+        model = EmailTemplate
+        fields = [
+            "slug",
+            "name",
+            "subject",
+            "html",
+            "text",
+            "variables",
+            "sample_context",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class TemplateRenderInputSerializer(StrictSerializer):
+    """Body of POST /templates/{slug}/render/."""
+
+    context = serializers.JSONField(required=False, default=dict)
+
+    def validate_context(self, value: object) -> dict:
+        """A JSON object."""
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+
+class TemplateRenderOutputSerializer(serializers.Serializer):
+    """Rendered parts."""
+
+    subject = serializers.CharField()
+    html = serializers.CharField()
+    text = serializers.CharField()
+
+
+class TemplatesApi(ScopedApiView):
+    """GET: list templates (scope `read` or `templates`). POST: create (scope `templates`)."""
+
+    required_scopes = {"GET": ("read", "templates"), "POST": "templates"}
+
+    @extend_schema(
+        responses={200: TemplateOutputSerializer(many=True)}, operation_id="templates_list"
+    )
+    def get(self, request: Request) -> Response:
+        """All templates."""
+        return Response(TemplateOutputSerializer(template_list(), many=True).data)
+
+    @extend_schema(
+        request=TemplateInputSerializer,
+        responses={201: TemplateOutputSerializer},
+        operation_id="templates_create",
+    )
+    def post(self, request: Request) -> Response:
+        """Create a template; 400 naming the part and line if it does not compile."""
+        serializer = TemplateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        template = template_create(**serializer.validated_data)
+        response = Response(TemplateOutputSerializer(template).data, status=status.HTTP_201_CREATED)
+        response["Location"] = reverse("api:template-detail", kwargs={"slug": template.slug})
+        return response
+
+
+class TemplateDetailApi(ScopedApiView):
+    """GET (scope `read` or `templates`), PUT/PATCH/DELETE (scope `templates`) one template."""
+
+    required_scopes = {
+        "GET": ("read", "templates"),
+        "PUT": "templates",
+        "PATCH": "templates",
+        "DELETE": "templates",
+    }
+
+    @extend_schema(responses={200: TemplateOutputSerializer})
+    def get(self, request: Request, slug: str) -> Response:
+        """One template."""
+        return Response(TemplateOutputSerializer(template_get(slug=slug)).data)
+
+    @extend_schema(request=TemplateInputSerializer, responses={200: TemplateOutputSerializer})
+    def put(self, request: Request, slug: str) -> Response:
+        """Replace a template."""
+        return self._update(request, slug, partial=False)
+
+    @extend_schema(request=TemplateInputSerializer, responses={200: TemplateOutputSerializer})
+    def patch(self, request: Request, slug: str) -> Response:
+        """Change some fields of a template."""
+        return self._update(request, slug, partial=True)
+
+    def _update(self, request: Request, slug: str, *, partial: bool) -> Response:
+        template = template_get(slug=slug)
+        data = request.data
+        if not partial and isinstance(data, dict):
+            data = {"slug": slug, **data}
+        serializer = TemplateInputSerializer(data=data, partial=partial)
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        if fields.pop("slug", slug) != slug:
+            raise serializers.ValidationError({"slug": ["The slug of a template cannot change."]})
+        template = template_update(template=template, **fields)
+        return Response(TemplateOutputSerializer(template).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, slug: str) -> Response:
+        """Delete a template (or deactivate it if emails already used it)."""
+        template_delete(template=template_get(slug=slug))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TemplateRenderApi(ScopedApiView):
+    """POST: render a template with a context; nothing is sent (scope `read` or `templates`)."""
+
+    required_scopes = {"POST": ("read", "templates")}
+
+    @extend_schema(
+        request=TemplateRenderInputSerializer, responses={200: TemplateRenderOutputSerializer}
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        """Rendered subject, html and text."""
+        serializer = TemplateRenderInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rendered = template_render(
+            template=template_get(slug=slug), context=serializer.validated_data["context"]
+        )
+        return Response(TemplateRenderOutputSerializer(rendered).data)

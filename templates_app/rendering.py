@@ -1,0 +1,71 @@
+"""Rendering of stored templates with the Django template language, in a locked-down engine."""
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from django.template import Context, Engine, TemplateSyntaxError
+from django.template.base import Template
+
+from mailqueue.errors import TemplateRenderError
+
+
+@dataclass(frozen=True)
+class RenderedContent:
+    """The three rendered parts of an email."""
+
+    subject: str
+    html: str
+    text: str
+
+
+@lru_cache(maxsize=1)
+def _engine() -> Engine:
+    # No loaders and no tag libraries: a template cannot read files ({% include %}),
+    # load custom tags or reach anything beyond the plain JSON context it is given.
+    return Engine(dirs=[], app_dirs=False, libraries={}, autoescape=True, debug=True)
+
+
+@lru_cache(maxsize=512)
+def _compile(source: str) -> Template:
+    # Workers render the same template for every email of a batch: compile once per process.
+    return _engine().from_string(source)
+
+
+def _error_line(exc: Exception, source: str) -> str:
+    info = getattr(exc, "template_debug", None)
+    if info:
+        return f" (line {info['line']}: {info['during'].strip()!r})"
+    return ""
+
+
+def compile_part(*, source: str, part: str) -> Template:
+    """Compile one template part, raising TemplateRenderError that names the part and line."""
+    try:
+        return _compile(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateRenderError(f"{exc}{_error_line(exc, source)}", field=part) from exc
+
+
+def render_part(*, source: str, context: dict, part: str) -> str:
+    """Render one part; HTML is autoescaped, subject and text are not."""
+    template = compile_part(source=source, part=part)
+    try:
+        return template.render(Context(context, autoescape=(part == "html")))
+    except Exception as exc:
+        # Rendering plain JSON data can only fail through a template bug (a bad filter
+        # argument, say); report it as the template's fault, never as a server error.
+        raise TemplateRenderError(
+            f"{type(exc).__name__}: {exc}{_error_line(exc, source)}", field=part
+        ) from exc
+
+
+def render_content(*, subject: str, html: str, text: str, context: dict) -> RenderedContent:
+    """Render subject, HTML and text with one context."""
+    rendered_subject = render_part(source=subject, context=context, part="subject")
+    # A header cannot span lines: fold whatever the template produced into one line.
+    rendered_subject = " ".join(rendered_subject.split())
+    return RenderedContent(
+        subject=rendered_subject,
+        html=render_part(source=html, context=context, part="html") if html else "",
+        text=render_part(source=text, context=context, part="text") if text else "",
+    )
