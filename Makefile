@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint format install migrate clean bench-help
+.PHONY: run test lint format install migrate clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,3 +40,8 @@ migrate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .run staticfiles db.sqlite3 db.sqlite3-*
+
+## bench: delivery throughput of one worker process (prints numbers)
+bench: $(STAMP)
+	@scripts/ensure_services.sh postgres redis
+	$(PY) bench/delivery_throughput.py $(BENCH_ARGS)

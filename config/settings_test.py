@@ -30,18 +30,18 @@ DATABASES = {
 }
 DATABASES["default"]["TEST"] = {"NAME": f"test_mailqueue_{_run_id}"}
 
-# Claim a free Redis DB number (1-14) for this process; DB 15 holds the claims, DB 0 is left to
-# `make run`. A claim expires on its own if the process dies.
+# Claim a free Redis DB number (1-12) for this process; DB 15 holds the claims, DB 0 is left to
+# `make run` and DB 13 to the benchmarks. A claim expires on its own if the process dies.
 _REDIS_BASE = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379")
 _locks = redis.Redis.from_url(f"{_REDIS_BASE}/15")
 _owner = f"{os.getpid()}-{_run_id}"
 TEST_REDIS_DB = None
-for _number in range(1, 15):
+for _number in range(1, 13):
     if _locks.set(f"mailqueue-test-db:{_number}", _owner, nx=True, ex=3 * 3600):
         TEST_REDIS_DB = _number
         break
 if TEST_REDIS_DB is None:
-    raise RuntimeError("No free Redis DB (1-14) for tests: too many test runs at once?")
+    raise RuntimeError("No free Redis DB (1-12) for tests: too many test runs at once?")
 
 
 def _release_redis_db() -> None:
@@ -54,6 +54,13 @@ atexit.register(_release_redis_db)
 
 REDIS_URL = f"{_REDIS_BASE}/{TEST_REDIS_DB}"
 RQ_QUEUES = {
-    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600} for name in ("high", "default", "low")
+    name: {**config, "URL": REDIS_URL}
+    for name, config in RQ_QUEUES.items()  # noqa: F405
+}
+WHITENOISE_USE_FINDERS = WHITENOISE_AUTOREFRESH = True
+# No collectstatic before tests: serve static files without the hashed manifest.
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}

@@ -5,14 +5,26 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
 
 from mailqueue.health import health
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("mailqueue.api.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # The schema and docs are public (no API key, and a stale key in the browser is ignored).
+    path(
+        "api/schema/",
+        SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[AllowAny]),
+        name="schema",
+    ),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(
+            url_name="schema", authentication_classes=[], permission_classes=[AllowAny]
+        ),
+        name="swagger-ui",
+    ),
     path("health/", health, name="health"),
     path("django-rq/", include("django_rq.urls")),
 ]

@@ -1,5 +1,6 @@
 """`Authorization: Bearer mq_<prefix>_<secret>` authentication and scope permissions."""
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
@@ -36,6 +37,22 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate_header(self, request) -> str:
         """Makes DRF answer 401 (not 403) with a WWW-Authenticate challenge."""
         return f'{self.keyword} realm="api"'
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Documents the key as an HTTP Bearer scheme, so Swagger UI's Authorize button sends it."""
+
+    target_class = ApiKeyAuthentication
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        """OpenAPI security scheme of an API key."""
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "mq_<prefix>_<secret>",
+            "description": "An API key from `manage.py create_api_key`.",
+        }
 
 
 class HasScope(BasePermission):

@@ -99,12 +99,12 @@ def validate_headers(headers: object, *, field: str = "headers") -> dict[str, st
     return clean
 
 
-def check_recipient_count(*, to: list, cc: list, bcc: list) -> None:
+def check_recipient_count(*, to: list, cc: list, bcc: list, field: str = "to") -> None:
     """Reject an email with more recipients than MAILQUEUE_MAX_RECIPIENTS."""
     total = len(to) + len(cc) + len(bcc)
     limit = conf.max_recipients()
     if total > limit:
         raise ValidationFailed(
             f"Too many recipients: {total} across to, cc and bcc (the limit is {limit}).",
-            field="to",
+            field=field,
         )

@@ -3,7 +3,14 @@
 from dataclasses import dataclass
 from functools import lru_cache
 
-from django.template import Context, Engine, TemplateSyntaxError
+from django.template import (
+    Context,
+    Engine,
+    Library,
+    TemplateSyntaxError,
+    defaultfilters,
+    defaulttags,
+)
 from django.template.base import Template
 
 from mailqueue.errors import TemplateRenderError
@@ -18,11 +25,41 @@ class RenderedContent:
     text: str
 
 
+# Built-in tags a stored template may use. Left out on purpose: include/extends/block (no
+# files), load (no libraries), url (reveals routes), debug (dumps the context and modules),
+# csrf_token and querystring (need a request).
+ALLOWED_TAGS = (
+    "autoescape",
+    "comment",
+    "cycle",
+    "filter",
+    "firstof",
+    "for",
+    "if",
+    "ifchanged",
+    "lorem",
+    "now",
+    "regroup",
+    "resetcycle",
+    "spaceless",
+    "templatetag",
+    "verbatim",
+    "widthratio",
+    "with",
+)
+
+
 @lru_cache(maxsize=1)
 def _engine() -> Engine:
-    # No loaders and no tag libraries: a template cannot read files ({% include %}),
-    # load custom tags or reach anything beyond the plain JSON context it is given.
-    return Engine(dirs=[], app_dirs=False, libraries={}, autoescape=True, debug=True)
+    # No loaders and a reduced set of built-in tags: a template cannot read files, load tag
+    # libraries or reach anything beyond the plain JSON context it is given. A disallowed tag is
+    # a syntax error, so such a template cannot be saved.
+    engine = Engine(dirs=[], app_dirs=False, libraries={}, autoescape=True, debug=True)
+    library = Library()
+    library.tags = {name: defaulttags.register.tags[name] for name in ALLOWED_TAGS}
+    library.filters = dict(defaultfilters.register.filters)
+    engine.template_builtins = [library]
+    return engine
 
 
 @lru_cache(maxsize=512)

@@ -1,27 +1,40 @@
 """Serializer fields for addresses, headers and zone-aware datetimes."""
 
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mailqueue.errors import ValidationFailed
 from mailqueue.validation import has_forbidden_chars, normalize_address, normalize_address_list
 
+ADDRESS_SCHEMA = {"type": "string", "example": "Ada Lovelace <ada@example.com>"}
 
+
+@extend_schema_field(ADDRESS_SCHEMA)
 class AddressField(serializers.Field):
     """One email address, `a@b.c` or `Name <a@b.c>`."""
+
+    # The column it is stored in (EmailJob.from_email); longer would be a database error.
+    max_length = 320
 
     def to_internal_value(self, data: object) -> str:
         """Validate and canonicalize."""
         try:
-            return normalize_address(data, field=self.field_name)
+            address = normalize_address(data, field=self.field_name)
         except ValidationFailed as exc:
             raise serializers.ValidationError(exc.message) from None
+        if len(address) > self.max_length:
+            raise serializers.ValidationError(
+                f"Too long: at most {self.max_length} characters including the display name."
+            )
+        return address
 
     def to_representation(self, value: str) -> str:
         """As stored."""
         return value
 
 
+@extend_schema_field({"oneOf": [ADDRESS_SCHEMA, {"type": "array", "items": ADDRESS_SCHEMA}]})
 class AddressListField(serializers.Field):
     """One address or a list of them; always a list once validated."""
 

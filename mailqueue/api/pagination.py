@@ -1,5 +1,6 @@
 """Cursor pagination: stable under inserts and fast at any depth on millions of rows."""
 
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 
 
@@ -10,3 +11,10 @@ class CreatedCursorPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def decode_cursor(self, request):
+        """A malformed cursor is bad input (400 naming `cursor`), not a missing page (404)."""
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise ValidationError({"cursor": ["Invalid cursor."]}) from None

@@ -185,7 +185,7 @@ def batch_create(
             context={**shared_context, **recipient.context},
             field=f"recipients[{index}].context",
         )
-        check_recipient_count(to=recipient.to, cc=[], bcc=[])
+        check_recipient_count(to=recipient.to, cc=[], bcc=[], field=f"recipients[{index}].to")
     now = timezone.now()
     status = _initial_status(send_at, now)
     batch = Batch.objects.create(
