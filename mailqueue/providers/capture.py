@@ -18,7 +18,7 @@ class CaptureProvider(Provider):
             message_id=message_id,
             from_email=message.from_email,
             to=list(message.recipients()),
-            subject=str(mime["Subject"] or ""),
+            subject=" ".join(str(message.subject).split()),
             mime=mime.as_string(),
         )
         return message_id

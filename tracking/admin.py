@@ -1,0 +1,84 @@
+"""Admin for tracking events: a read-only, append-only log."""
+
+from django.contrib import admin
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from mailqueue.admin_utils import EstimatedCountPaginator, pretty_json
+from tracking.models import TrackingEvent
+
+# The email columns the list shows; the rest of the (wide) email row is not loaded.
+EVENT_LIST_FIELDS = (
+    "email",
+    "event_type",
+    "occurred_at",
+    "provider",
+    "recipient",
+    "email__id",
+    "email__recipient",
+    "email__status",
+)
+
+
+@admin.register(TrackingEvent)
+class TrackingEventAdmin(admin.ModelAdmin):
+    """Events, newest first; filtered by type (indexed with the time)."""
+
+    list_display = ("occurred_at", "event_type", "email_link", "provider", "recipient")
+    list_display_links = ("occurred_at",)
+    list_select_related = ("email",)
+    list_filter = ("event_type",)
+    ordering = ("-occurred_at", "-id")
+    sortable_by = ("occurred_at",)
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = EstimatedCountPaginator
+    fields = (
+        "email_link",
+        "event_type",
+        "occurred_at",
+        "provider",
+        "recipient",
+        "description",
+        "data_display",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        """Events with only the email columns the pages show."""
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("email")
+            .only(*EVENT_LIST_FIELDS, "description", "data", "created_at")
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        """Events are written by services only."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        """Events are append-only."""
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        """Events are history; only superusers may remove them."""
+        return request.user.is_superuser
+
+    @admin.display(description="email")
+    def email_link(self, obj: TrackingEvent) -> SafeString:
+        """The email the event belongs to."""
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:mailqueue_emailjob_change", args=[obj.email_id]),
+            f"{obj.email.recipient} [{obj.email.status}]",
+        )
+
+    @admin.display(description="data")
+    def data_display(self, obj: TrackingEvent) -> SafeString:
+        """Provider data as indented JSON."""
+        return pretty_json(obj.data)
