@@ -155,6 +155,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# Messages (such as a new API key shown once in the admin) stay server-side, not in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
 # --- Email delivery -------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from mailqueue.selectors import batch_status_counts
 from mailqueue.services import (
     api_key_create,
     api_key_revoke,
+    api_key_update,
     email_cancel,
     email_retry,
     emails_cancel_many,
@@ -695,11 +696,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
     ) -> None:
         """Create keys through the service and show the plaintext once; edit only form fields."""
         if change:
-            # Only what the form changed: a full save would overwrite last_used_at, which
-            # requests update concurrently.
-            changed = [name for name in form.changed_data if name in form.Meta.fields]
-            if changed:
-                obj.save(update_fields=changed)
+            changed = {
+                name: form.cleaned_data[name]
+                for name in form.changed_data
+                if name in ("name", "scopes", "is_active")
+            }
+            api_key_update(api_key=obj, **changed)
             return
         issued = api_key_create(
             client_name=form.cleaned_data["client"].name,

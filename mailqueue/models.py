@@ -114,8 +114,10 @@ class EmailJob(models.Model):
     cc = models.JSONField(default=list, blank=True)
     bcc = models.JSONField(default=list, blank=True)
     reply_to = models.JSONField(default=list, blank=True)
-    # First `to` address, lowercased: an indexed column for recipient filters and admin search.
-    recipient = models.CharField(max_length=320, db_index=True)
+    # First `to` address, lowercased: the admin's list column and its indexed search.
+    recipient = models.CharField(max_length=320)
+    # Every `to` address as a bare lowercase addr-spec: the API's `to` filter (GIN on PostgreSQL).
+    to_addresses = models.JSONField(default=list)
     headers = models.JSONField(default=dict, blank=True)
     tags = models.JSONField(default=list, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
@@ -152,6 +154,11 @@ class EmailJob(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["-created_at", "-id"], name="email_created"),
+            # varchar_pattern_ops also serves the admin's prefix search (LIKE 'ada@%') on
+            # PostgreSQL whatever the collation; other databases ignore the opclass.
+            models.Index(
+                fields=["recipient"], name="email_recipient", opclasses=["varchar_pattern_ops"]
+            ),
             models.Index(fields=["status", "-created_at"], name="email_status_created"),
             models.Index(fields=["client", "-created_at"], name="email_client_created"),
             models.Index(fields=["batch", "status"], name="email_batch_status"),
@@ -244,6 +251,7 @@ class CapturedMessage(models.Model):
         db_table = "captured_messages"
         ordering = ["-created_at", "-id"]
         verbose_name = "captured message"
+        verbose_name_plural = "capture inbox"
 
     def __str__(self) -> str:
         return self.subject or self.message_id

@@ -3,7 +3,7 @@
 from django.db import migrations
 
 INDEXES = {
-    "email_to_gin": "email_jobs USING gin (\"to\" jsonb_path_ops)",
+    "email_to_gin": "email_jobs USING gin (to_addresses jsonb_path_ops)",
     "email_tags_gin": "email_jobs USING gin (tags jsonb_path_ops)",
 }
 

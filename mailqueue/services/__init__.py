@@ -5,6 +5,7 @@ from mailqueue.services.api_keys import (
     api_key_authenticate,
     api_key_create,
     api_key_revoke,
+    api_key_update,
 )
 from mailqueue.services.delivery import DeliveryReport, emails_deliver
 from mailqueue.services.emails import (
@@ -39,6 +40,7 @@ __all__ = [
     "api_key_authenticate",
     "api_key_create",
     "api_key_revoke",
+    "api_key_update",
     "attachment_decode",
     "batch_create",
     "email_cancel",

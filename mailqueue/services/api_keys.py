@@ -31,9 +31,7 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-@transaction.atomic
-def api_key_create(*, client_name: str, scopes: list[str], name: str = "") -> IssuedKey:
-    """Create a key for a client (creating the client if needed) and return its plaintext once."""
+def _check_scopes(scopes: list[str]) -> None:
     unknown = sorted(set(scopes) - set(ALL_SCOPES))
     if unknown:
         raise ValidationFailed(
@@ -41,6 +39,12 @@ def api_key_create(*, client_name: str, scopes: list[str], name: str = "") -> Is
         )
     if not scopes:
         raise ValidationFailed("A key needs at least one scope.", field="scopes")
+
+
+@transaction.atomic
+def api_key_create(*, client_name: str, scopes: list[str], name: str = "") -> IssuedKey:
+    """Create a key for a client (creating the client if needed) and return its plaintext once."""
+    _check_scopes(scopes)
     client, _ = Client.objects.get_or_create(name=client_name)
     prefix = secrets.token_hex(4)
     secret = secrets.token_urlsafe(32)
@@ -66,6 +70,30 @@ def api_key_authenticate(*, token: str) -> ApiKey | None:
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    return api_key
+
+
+def api_key_update(
+    *,
+    api_key: ApiKey,
+    name: str | None = None,
+    scopes: list[str] | None = None,
+    is_active: bool | None = None,
+) -> ApiKey:
+    """Change a key's label, scopes or active flag (never its secret or its client)."""
+    fields = {}
+    if name is not None:
+        fields["name"] = name
+    if scopes is not None:
+        _check_scopes(scopes)
+        fields["scopes"] = sorted(set(scopes))
+    if is_active is not None:
+        fields["is_active"] = is_active
+    if fields:
+        # Only these columns: last_used_at is written concurrently by requests.
+        ApiKey.objects.filter(pk=api_key.pk).update(**fields)
+        for key, value in fields.items():
+            setattr(api_key, key, value)
     return api_key
 
 

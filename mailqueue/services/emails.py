@@ -3,12 +3,11 @@
 import base64
 import binascii
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID, uuid4
 
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from mailqueue import conf
@@ -25,7 +24,7 @@ from mailqueue.models import (
 from mailqueue.scheduling import (
     DeliveryJob,
     deliveries_enqueue_on_commit,
-    delivery_job_cancel,
+    delivery_jobs_cancel,
     email_job_id,
 )
 from mailqueue.validation import address_spec, check_recipient_count
@@ -115,6 +114,7 @@ def email_create(
         bcc=list(bcc),
         reply_to=list(reply_to),
         recipient=address_spec(to[0]),
+        to_addresses=[address_spec(address) for address in to],
         headers=headers or {},
         tags=list(tags),
         metadata=metadata or {},
@@ -214,6 +214,7 @@ def batch_create(
                 from_email=from_email or "",
                 to=recipient.to,
                 recipient=address_spec(recipient.to[0]),
+                to_addresses=[address_spec(address) for address in recipient.to],
                 tags=list(tags),
                 metadata=recipient.metadata,
                 template=template_obj,
@@ -246,84 +247,101 @@ def _record_status_events(email_ids: Iterable[UUID], event_type: str, descriptio
     )
 
 
-@transaction.atomic
-def email_cancel(*, email: EmailJob) -> EmailJob:
-    """Cancel an email that has not started sending; InvalidTransition (409) otherwise."""
-    updated = EmailJob.objects.filter(pk=email.pk, status__in=CANCELLABLE).update(
-        status=EmailStatus.CANCELLED, next_attempt_at=None, updated_at=timezone.now()
-    )
-    email.refresh_from_db()
-    if not updated:
-        raise InvalidTransition(
-            f"Cannot cancel an email that is {email.status}; only scheduled, queued or "
-            "retrying emails can be cancelled."
-        )
-    _record_status_events([email.pk], EventType.CANCELLED, "Cancelled.")
-    if not email.batch_id:
-        job_id = email.rq_job_id
-        transaction.on_commit(lambda: delivery_job_cancel(job_id))
-    return email
-
-
-@transaction.atomic
-def email_retry(*, email: EmailJob) -> EmailJob:
-    """Queue a failed or cancelled email again, to be sent as soon as possible."""
-    now = timezone.now()
-    updated = EmailJob.objects.filter(pk=email.pk, status__in=RETRYABLE).update(
-        status=EmailStatus.QUEUED,
-        send_at=None,
-        next_attempt_at=None,
-        lease_expires_at=None,
-        attempts=0,
-        last_error="",
-        rq_job_id=email_job_id(email.pk),
-        updated_at=now,
-    )
-    email.refresh_from_db()
-    if not updated:
-        raise InvalidTransition(
-            f"Cannot retry an email that is {email.status}; only failed or cancelled emails "
-            "can be retried."
-        )
-    _record_status_events([email.pk], EventType.QUEUED, "Queued again by a retry.")
-    deliveries_enqueue_on_commit(
-        [DeliveryJob(job_id=email.rq_job_id, email_ids=(str(email.pk),), priority=email.priority)]
-    )
-    return email
-
-
 @dataclass
 class BulkResult:
     """How many emails a bulk action changed, and how many it skipped because of their status."""
 
     changed: int = 0
     skipped: int = 0
+    changed_ids: list[UUID] = field(default_factory=list)
 
 
+def _lock_in_status(email_ids: list, statuses: Sequence[str]) -> list[dict]:
+    """Lock the rows among the ids that are in one of the statuses; return their key fields."""
+    return list(
+        EmailJob.objects.select_for_update()
+        .filter(pk__in=email_ids, status__in=statuses)
+        .values("pk", "priority", "rq_job_id", "batch_id")
+    )
+
+
+@transaction.atomic
 def emails_cancel_many(*, email_ids: Iterable[UUID]) -> BulkResult:
-    """Cancel every cancellable email among the ids (admin action)."""
-    result = BulkResult()
-    for email in EmailJob.objects.filter(pk__in=list(email_ids)).only("pk", "status"):
-        try:
-            email_cancel(email=email)
-            result.changed += 1
-        except InvalidTransition:
-            result.skipped += 1
-    return result
+    """Cancel every scheduled, queued or retrying email among the ids, in a few statements."""
+    email_ids = list(email_ids)
+    rows = _lock_in_status(email_ids, CANCELLABLE)
+    ids = [row["pk"] for row in rows]
+    if ids:
+        EmailJob.objects.filter(pk__in=ids).update(
+            status=EmailStatus.CANCELLED, next_attempt_at=None, updated_at=timezone.now()
+        )
+        _record_status_events(ids, EventType.CANCELLED, "Cancelled.")
+        # Jobs that carry only this email can go; shared jobs (batch chunks) skip cancelled rows.
+        own_jobs = [row["rq_job_id"] for row in rows if row["rq_job_id"] == email_job_id(row["pk"])]
+        transaction.on_commit(lambda: delivery_jobs_cancel(own_jobs))
+    return BulkResult(changed=len(ids), skipped=len(email_ids) - len(ids), changed_ids=ids)
 
 
+@transaction.atomic
 def emails_retry_many(*, email_ids: Iterable[UUID]) -> BulkResult:
-    """Retry every failed or cancelled email among the ids (admin action)."""
-    result = BulkResult()
-    for email in EmailJob.objects.filter(pk__in=list(email_ids)).only("pk", "status"):
-        try:
-            email_retry(email=email)
-            result.changed += 1
-        except InvalidTransition:
-            result.skipped += 1
-    return result
+    """Queue every failed or cancelled email among the ids again, sent as soon as possible.
+
+    Emails are grouped into chunk jobs like a batch, so retrying thousands costs a few
+    statements and one Redis round trip.
+    """
+    email_ids = list(email_ids)
+    rows = _lock_in_status(email_ids, RETRYABLE)
+    by_priority: dict[str, list[UUID]] = {}
+    for row in rows:
+        by_priority.setdefault(row["priority"], []).append(row["pk"])
+    now = timezone.now()
+    jobs = []
+    chunk_size = conf.batch_chunk_size()
+    for priority, ids in by_priority.items():
+        for start in range(0, len(ids), chunk_size):
+            chunk = ids[start : start + chunk_size]
+            job_id = email_job_id(chunk[0]) if len(chunk) == 1 else f"retry-{uuid4().hex}"
+            EmailJob.objects.filter(pk__in=chunk).update(
+                status=EmailStatus.QUEUED,
+                send_at=None,
+                next_attempt_at=None,
+                lease_expires_at=None,
+                attempts=0,
+                last_error="",
+                rq_job_id=job_id,
+                updated_at=now,
+            )
+            jobs.append(
+                DeliveryJob(
+                    job_id=job_id, email_ids=tuple(str(pk) for pk in chunk), priority=priority
+                )
+            )
+    ids = [row["pk"] for row in rows]
+    if ids:
+        _record_status_events(ids, EventType.QUEUED, "Queued again by a retry.")
+        deliveries_enqueue_on_commit(jobs)
+    return BulkResult(changed=len(ids), skipped=len(email_ids) - len(ids), changed_ids=ids)
 
 
-def recipient_filter(address: str) -> Q:
-    """Match emails whose To contains an address (indexed first-recipient column)."""
-    return Q(recipient=address_spec(address) or address.strip().lower())
+def email_cancel(*, email: EmailJob) -> EmailJob:
+    """Cancel an email that has not started sending; InvalidTransition (409) otherwise."""
+    if not emails_cancel_many(email_ids=[email.pk]).changed:
+        email.refresh_from_db()
+        raise InvalidTransition(
+            f"Cannot cancel an email that is {email.status}; only scheduled, queued or "
+            "retrying emails can be cancelled."
+        )
+    email.refresh_from_db()
+    return email
+
+
+def email_retry(*, email: EmailJob) -> EmailJob:
+    """Queue a failed or cancelled email again, to be sent as soon as possible."""
+    if not emails_retry_many(email_ids=[email.pk]).changed:
+        email.refresh_from_db()
+        raise InvalidTransition(
+            f"Cannot retry an email that is {email.status}; only failed or cancelled emails "
+            "can be retried."
+        )
+    email.refresh_from_db()
+    return email
