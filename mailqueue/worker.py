@@ -20,6 +20,15 @@ class MailqueueWorker(SimpleWorker):
             close_old_connections()
         return super().execute_job(job, queue)
 
+    def unsubscribe(self) -> None:
+        """Stop the pubsub thread before unsubscribing, so the reply wakes it up to exit."""
+        if self.pubsub_thread:
+            # RQ unsubscribes first, so the thread can wake on the reply and go back to waiting
+            # (up to 60 s) before it sees the stop flag; teardown then blocks a full second on
+            # join(), often, at the end of every burst run and every shutdown.
+            self.pubsub_thread.stop()
+        super().unsubscribe()
+
     def teardown(self) -> None:
         """Close provider connections on shutdown."""
         close_all()

@@ -1,0 +1,349 @@
+"""The worker against a real SMTP server: what goes out, what is stored, connection reuse."""
+
+import base64
+
+import pytest
+from aiosmtpd.controller import Controller
+from rq.job import Job
+
+from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
+from mailqueue.scheduling import DeliveryJob, deliveries_enqueue
+from mailqueue.scheduling import connection as redis_connection
+from mailqueue.services import BatchRecipient, batch_create, email_create
+from mailqueue.tasks import deliver_emails
+from templates_app.models import EmailTemplate
+from templates_app.services import template_create
+from tests.helpers import queue_lengths, run_worker
+from tracking.models import EventType
+
+pytestmark = pytest.mark.django_db
+
+PDF_BYTES = b"%PDF-1.4 fake invoice\x00\x01\x02"
+
+
+def _part(message, content_type: str) -> str:
+    """The decoded body of the first MIME part of a type."""
+    for part in message.walk():
+        if part.get_content_type() == content_type and not part.get_filename():
+            return part.get_content()
+    raise AssertionError(f"no {content_type} part in the message")
+
+
+def test_email_posted_through_the_api_reaches_the_smtp_server_as_asked(
+    api, smtp_sink, welcome_template, django_capture_on_commit_callbacks
+):
+    """Every field of the request shows up in the message the SMTP server receives."""
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(
+            "/api/v1/emails/",
+            {
+                "to": ["Ada Lovelace <ada@example.com>"],
+                "cc": ["cc@example.com"],
+                "bcc": ["hidden@example.com"],
+                "from_email": "Billing <billing@acme.test>",
+                "template": "welcome",
+                "context": {"name": "<b>Ada & co</b>"},
+                "headers": {"X-Campaign": "spring", "List-Unsubscribe": "<mailto:u@acme.test>"},
+                "attachments": [
+                    {
+                        "filename": "invoice.pdf",
+                        "content": base64.b64encode(PDF_BYTES).decode(),
+                    }
+                ],
+            },
+            format="json",
+        )
+    assert response.status_code == 202, response.json()
+
+    run_worker()
+
+    assert len(smtp_sink.messages) == 1
+    received = smtp_sink.messages[0]
+    msg = received.message
+    assert received.mail_from == "billing@acme.test"
+    assert sorted(received.rcpt_tos) == ["ada@example.com", "cc@example.com", "hidden@example.com"]
+    assert msg["From"] == "Billing <billing@acme.test>"
+    assert msg["To"] == "Ada Lovelace <ada@example.com>"
+    assert msg["Cc"] == "cc@example.com"
+    assert msg["Bcc"] is None
+    assert "hidden@example.com" not in msg.as_string()
+    assert msg["Subject"] == "Welcome, <b>Ada & co</b>!"
+    assert msg["X-Campaign"] == "spring"
+    assert msg["List-Unsubscribe"] == "<mailto:u@acme.test>"
+    # The HTML part escapes the context; the text part shows it as typed.
+    assert _part(msg, "text/html").strip() == "<p>Hello &lt;b&gt;Ada &amp; co&lt;/b&gt;</p>"
+    assert _part(msg, "text/plain").strip() == "Hello <b>Ada & co</b>"
+    attachments = [part for part in msg.iter_attachments()]
+    assert [a.get_filename() for a in attachments] == ["invoice.pdf"]
+    assert attachments[0].get_content_type() == "application/pdf"
+    assert attachments[0].get_content() == PDF_BYTES
+
+    email = EmailJob.objects.get(pk=response.json()["id"])
+    assert email.status == EmailStatus.SENT
+    assert email.sent_at is not None
+    assert email.provider == "smtp"
+    assert email.attempts == 1
+    assert email.message_id == msg["Message-ID"].strip("<>")
+    assert email.subject == "Welcome, <b>Ada & co</b>!"
+    assert email.html == "<p>Hello &lt;b&gt;Ada &amp; co&lt;/b&gt;</p>"
+    assert email.text == "Hello <b>Ada & co</b>"
+    assert [e.event_type for e in email.events.all()] == [EventType.SENT]
+    assert email.events.get().data["message_id"] == email.message_id
+    attempt = email.delivery_attempts.get()
+    assert (attempt.number, attempt.provider, attempt.outcome) == (
+        1,
+        "smtp",
+        DeliveryAttempt.Outcome.SENT,
+    )
+
+    detail = api.get(f"/api/v1/emails/{email.pk}/").json()
+    assert detail["status"] == "sent"
+    assert detail["message_id"] == email.message_id
+
+
+def test_raw_content_email_created_by_the_service_is_sent(
+    issued_key, smtp_sink, django_capture_on_commit_callbacks
+):
+    """An email without a template goes out with its own subject and bodies, from the default
+    sender."""
+    with django_capture_on_commit_callbacks(execute=True):
+        email = email_create(
+            client=issued_key.api_key.client,
+            to=["bob@example.com"],
+            subject="Your code",
+            html="<p>1234</p>",
+            text="1234",
+        )
+
+    run_worker()
+
+    [received] = smtp_sink.messages
+    assert received.message["Subject"] == "Your code"
+    assert received.message["From"] == "Mailqueue <noreply@localhost>"
+    assert _part(received.message, "text/plain").strip() == "1234"
+    assert _part(received.message, "text/html").strip() == "<p>1234</p>"
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+    assert email.message_id == received.message["Message-ID"].strip("<>")
+
+
+def test_batch_is_one_job_and_one_smtp_connection(
+    api, smtp_sink, welcome_template, django_capture_on_commit_callbacks
+):
+    """30 recipients are one RQ job (not 30) and go out over a single SMTP session."""
+    recipients = [
+        {"to": [f"user{n}@example.com"], "context": {"name": f"User {n}"}} for n in range(30)
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(
+            "/api/v1/batches/",
+            {"template": "welcome", "recipients": recipients},
+            format="json",
+        )
+    assert response.status_code == 202, response.json()
+    assert queue_lengths() == {"high": 0, "default": 1, "low": 0}
+
+    run_worker()
+
+    assert len(smtp_sink.messages) == 30
+    assert len(smtp_sink.sessions) == 1
+    assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == sorted(
+        f"user{n}@example.com" for n in range(30)
+    )
+    assert {m.message["Subject"] for m in smtp_sink.messages} == {
+        f"Welcome, User {n}!" for n in range(30)
+    }
+    batch_emails = EmailJob.objects.filter(batch_id=response.json()["id"])
+    assert set(batch_emails.values_list("status", flat=True)) == {EmailStatus.SENT}
+
+
+def test_batch_is_split_into_chunk_jobs(
+    issued_key, smtp_sink, welcome_template, settings, django_capture_on_commit_callbacks
+):
+    """With a chunk size of 10, 25 recipients are 3 jobs, still sharing one SMTP session."""
+    settings.MAILQUEUE_BATCH_CHUNK_SIZE = 10
+    with django_capture_on_commit_callbacks(execute=True):
+        batch_create(
+            client=issued_key.api_key.client,
+            template="welcome",
+            recipients=[
+                BatchRecipient(to=[f"u{n}@example.com"], context={"name": "x"}, metadata={})
+                for n in range(25)
+            ],
+        )
+    assert queue_lengths()["default"] == 3
+
+    run_worker()
+
+    assert len(smtp_sink.messages) == 25
+    assert len(smtp_sink.sessions) == 1
+
+
+def test_separate_emails_in_one_worker_run_share_one_connection(
+    issued_key, smtp_sink, welcome_template, django_capture_on_commit_callbacks
+):
+    """The SMTP connection is kept open across jobs in the same worker process."""
+    client = issued_key.api_key.client
+    with django_capture_on_commit_callbacks(execute=True):
+        for name in ("a", "b"):
+            email_create(
+                client=client,
+                to=[f"{name}@example.com"],
+                template="welcome",
+                context={"name": name},
+            )
+    assert queue_lengths()["default"] == 2
+
+    run_worker()
+
+    assert len(smtp_sink.messages) == 2
+    assert len(smtp_sink.sessions) == 1
+
+
+def test_high_priority_email_jumps_ahead_of_500_low_ones(
+    issued_key, welcome_template, settings, django_capture_on_commit_callbacks
+):
+    """An urgent email accepted after a large low-priority batch is delivered first."""
+    settings.EMAIL_PROVIDERS = ["capture"]
+    settings.MAILQUEUE_BATCH_CHUNK_SIZE = 50
+    client = issued_key.api_key.client
+    with django_capture_on_commit_callbacks(execute=True):
+        batch_create(
+            client=client,
+            template="welcome",
+            priority="low",
+            recipients=[
+                BatchRecipient(to=[f"bulk{n}@example.com"], context={"name": "x"}, metadata={})
+                for n in range(500)
+            ],
+        )
+    with django_capture_on_commit_callbacks(execute=True):
+        urgent = email_create(
+            client=client,
+            to=["urgent@example.com"],
+            subject="Password reset",
+            text="reset link",
+            priority="high",
+        )
+    assert queue_lengths() == {"high": 1, "default": 0, "low": 10}
+
+    run_worker()
+
+    delivered = list(CapturedMessage.objects.order_by("id").values_list("email_id", flat=True))
+    assert len(delivered) == 501
+    assert delivered[0] == urgent.pk
+
+
+def test_job_for_an_unknown_email_finishes_without_error(smtp_sink):
+    """A job naming an email that no longer exists does nothing and does not crash."""
+    assert deliver_emails(["00000000-0000-0000-0000-000000000000"]) == {
+        "claimed": 0,
+        "sent": 0,
+        "failed": 0,
+        "retrying": 0,
+        "skipped": 1,
+        "rescheduled": 0,
+    }
+    deliveries_enqueue(
+        [
+            DeliveryJob(
+                job_id="ghost",
+                email_ids=("00000000-0000-0000-0000-000000000000",),
+                priority="default",
+            )
+        ]
+    )
+    run_worker()
+    assert Job.fetch("ghost", connection=redis_connection()).get_status() == "finished"
+    assert smtp_sink.messages == []
+
+
+def test_template_failing_at_render_fails_its_email_and_the_chunk_goes_on(
+    issued_key, smtp_sink, django_capture_on_commit_callbacks
+):
+    """A recipient whose data breaks the template is failed; the others in the job are sent."""
+    template_create(
+        slug="pairs",
+        name="Pairs",
+        subject="Your items",
+        html="<ul>{% for key, value in items %}<li>{{ key }}={{ value }}</li>{% endfor %}</ul>",
+        text="items",
+        variables=["items"],
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        batch = batch_create(
+            client=issued_key.api_key.client,
+            template="pairs",
+            recipients=[
+                # A string where pairs are expected: the for loop cannot unpack it.
+                BatchRecipient(to=["broken@example.com"], context={"items": "oops"}, metadata={}),
+                BatchRecipient(
+                    to=["fine@example.com"], context={"items": [["a", "1"]]}, metadata={}
+                ),
+            ],
+        )
+    assert queue_lengths()["default"] == 1
+
+    run_worker()
+
+    broken = EmailJob.objects.get(batch=batch, recipient="broken@example.com")
+    fine = EmailJob.objects.get(batch=batch, recipient="fine@example.com")
+    assert broken.status == EmailStatus.FAILED
+    assert broken.last_error.startswith("html: ")
+    assert "unpack" in broken.last_error
+    assert broken.attempts == 1
+    assert broken.delivery_attempts.get().error_class == "render"
+    assert [e.event_type for e in broken.events.all()] == [EventType.FAILED]
+    assert fine.status == EmailStatus.SENT
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["fine@example.com"]]
+    assert "<li>a=1</li>" in fine.html
+
+
+def test_template_with_a_syntax_error_stored_behind_validation_fails_the_email(
+    issued_key, smtp_sink, welcome_template, django_capture_on_commit_callbacks
+):
+    """A template source that no longer compiles fails the email, naming the broken part."""
+    with django_capture_on_commit_callbacks(execute=True):
+        email = email_create(
+            client=issued_key.api_key.client,
+            to=["ada@example.com"],
+            template="welcome",
+            context={"name": "Ada"},
+        )
+    EmailTemplate.objects.filter(pk=welcome_template.pk).update(text="Hello {% if %}")
+
+    run_worker()
+
+    email.refresh_from_db()
+    assert email.status == EmailStatus.FAILED
+    assert email.last_error.startswith("text: ")
+    assert smtp_sink.messages == []
+
+
+def test_smtp_server_dropping_the_idle_connection_costs_no_retry(
+    issued_key, smtp_sink, django_capture_on_commit_callbacks
+):
+    """When the server closes the kept-open connection between two emails, the provider
+    reconnects and the second email still goes out on its first attempt."""
+    client = issued_key.api_key.client
+    with django_capture_on_commit_callbacks(execute=True):
+        first, second = (
+            email_create(client=client, to=[f"{name}@example.com"], subject="Hi", text="x")
+            for name in ("first", "second")
+        )
+    assert deliver_emails([str(first.pk)])["sent"] == 1
+    # Restart the server on the same port: the worker's open session is now dead.
+    smtp_sink.stop()
+    smtp_sink.controller = Controller(smtp_sink, hostname=smtp_sink.host, port=smtp_sink.port)
+    smtp_sink.start()
+
+    assert deliver_emails([str(second.pk)])["sent"] == 1
+
+    second.refresh_from_db()
+    assert second.status == EmailStatus.SENT
+    assert second.attempts == 1
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [
+        ["first@example.com"],
+        ["second@example.com"],
+    ]
+    assert len(smtp_sink.sessions) == 2
