@@ -14,7 +14,7 @@ from anymail.exceptions import (
 from django.core.mail import EmailMessage
 
 from mailqueue.errors import DeliveryError, ProviderConfigurationError
-from mailqueue.providers.base import Provider, delivery_error
+from mailqueue.providers.base import Provider, SendResult, delivery_error
 
 # HTTP statuses that say "try later" or "this account/key has a problem" rather than
 # "this message is bad": retried, and the next provider is tried meanwhile.
@@ -68,7 +68,7 @@ class AnymailProvider(Provider):
             self.backend.close()
             self.backend = None
 
-    def _send(self, message: EmailMessage) -> str:
+    def _send(self, message: EmailMessage) -> SendResult:
         message.connection = self.backend
         sent = self.backend.send_messages([message])
         status = message.anymail_status
@@ -78,10 +78,17 @@ class AnymailProvider(Provider):
             raise DeliveryError(
                 f"{self.name} refused every recipient: {sorted(status.status)}", transient=False
             )
-        return (
-            status.message_id
-            if isinstance(status.message_id, str)
-            else (next(iter(status.message_id), "") if status.message_id else "")
+        message_id = status.message_id
+        if isinstance(message_id, set):
+            # Some ESPs give each recipient its own id; keep one, deterministically.
+            message_id = min(message_id) if message_id else ""
+        return SendResult(
+            message_id=message_id or "",
+            rejected={
+                address: recipient.status
+                for address, recipient in (status.recipients or {}).items()
+                if recipient.status in {"rejected", "invalid", "failed"}
+            },
         )
 
     def _classify(self, exc: Exception) -> DeliveryError:

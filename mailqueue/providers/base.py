@@ -1,12 +1,22 @@
 """The provider base class: owns the order of the steps of handing one message to a provider."""
 
 import logging
+from dataclasses import dataclass, field
 
 from django.core.mail import EmailMessage
 
 from mailqueue.errors import DeliveryError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a provider said when it took a message."""
+
+    message_id: str
+    # Recipients the provider refused while accepting the others: address -> reason.
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 class Provider:
@@ -37,8 +47,8 @@ class Provider:
             except Exception:
                 logger.debug("closing provider %s failed", self.name, exc_info=True)
 
-    def send(self, message: EmailMessage) -> str:
-        """Hand over one message; return the provider's message id or raise DeliveryError."""
+    def send(self, message: EmailMessage) -> SendResult:
+        """Hand over one message; return the provider's answer or raise DeliveryError."""
         try:
             self.open()
             return self._send(message)
@@ -57,7 +67,7 @@ class Provider:
     def _close(self) -> None:
         """Tear down the connection (subclass hook)."""
 
-    def _send(self, message: EmailMessage) -> str:
+    def _send(self, message: EmailMessage) -> SendResult:
         raise NotImplementedError
 
     def _classify(self, exc: Exception) -> DeliveryError:

@@ -2,13 +2,13 @@
 
 from django.core.mail import EmailMessage
 
-from mailqueue.providers.base import Provider, delivery_error
+from mailqueue.providers.base import Provider, SendResult, delivery_error
 
 
 class CaptureProvider(Provider):
     """Stores messages instead of sending them; browse them in the admin's capture inbox."""
 
-    def _send(self, message: EmailMessage) -> str:
+    def _send(self, message: EmailMessage) -> SendResult:
         from mailqueue.models import CapturedMessage
 
         mime = message.message()
@@ -21,7 +21,7 @@ class CaptureProvider(Provider):
             subject=" ".join(str(message.subject).split()),
             mime=mime.as_string(),
         )
-        return message_id
+        return SendResult(message_id=message_id)
 
     def _classify(self, exc: Exception):
         return delivery_error(exc, transient=True)

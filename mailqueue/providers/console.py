@@ -5,7 +5,7 @@ import sys
 from django.core.mail import EmailMessage
 from django.core.mail.backends.console import EmailBackend
 
-from mailqueue.providers.base import Provider
+from mailqueue.providers.base import Provider, SendResult
 
 
 class ConsoleProvider(Provider):
@@ -14,6 +14,6 @@ class ConsoleProvider(Provider):
     def _open(self) -> None:
         self.backend = EmailBackend(stream=sys.stdout)
 
-    def _send(self, message: EmailMessage) -> str:
+    def _send(self, message: EmailMessage) -> SendResult:
         self.backend.send_messages([message])
-        return message.extra_headers["Message-ID"].strip("<>")
+        return SendResult(message_id=message.extra_headers["Message-ID"].strip("<>"))

@@ -2,12 +2,38 @@
 
 import smtplib
 
+from django.conf import settings
 from django.core.mail import EmailMessage
 from django.core.mail.backends.smtp import EmailBackend
+from django.core.mail.message import sanitize_address
 
 from mailqueue import conf
 from mailqueue.errors import DeliveryError
-from mailqueue.providers.base import Provider, delivery_error
+from mailqueue.providers.base import Provider, SendResult, delivery_error
+
+
+class RecordingSmtpBackend(EmailBackend):
+    """Django's SMTP backend that keeps the recipients the server refused.
+
+    Django drops `sendmail()`'s answer; when a server accepts the message for some recipients
+    and refuses others, that answer is the only record of who will not get it.
+    """
+
+    refused: dict
+
+    def _send(self, email_message: EmailMessage) -> bool:
+        """Same steps as Django's `_send`, keeping sendmail's refused-recipients dict."""
+        self.refused = {}
+        if not email_message.recipients():
+            return False
+        encoding = email_message.encoding or settings.DEFAULT_CHARSET
+        from_email = sanitize_address(email_message.from_email, encoding)
+        recipients = [sanitize_address(addr, encoding) for addr in email_message.recipients()]
+        message = email_message.message()
+        self.refused = self.connection.sendmail(
+            from_email, recipients, message.as_bytes(linesep="\r\n")
+        )
+        return True
 
 
 class SmtpProvider(Provider):
@@ -15,11 +41,11 @@ class SmtpProvider(Provider):
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self.backend: EmailBackend | None = None
+        self.backend: RecordingSmtpBackend | None = None
 
     def _open(self) -> None:
         options = conf.smtp_settings()
-        self.backend = EmailBackend(
+        self.backend = RecordingSmtpBackend(
             host=options.get("EMAIL_HOST") or "localhost",
             port=options.get("EMAIL_PORT") or 25,
             username=options.get("EMAIL_HOST_USER") or "",
@@ -36,7 +62,7 @@ class SmtpProvider(Provider):
             self.backend.close()
             self.backend = None
 
-    def _send(self, message: EmailMessage) -> str:
+    def _send(self, message: EmailMessage) -> SendResult:
         try:
             self._send_once(message)
         except smtplib.SMTPServerDisconnected:
@@ -44,7 +70,14 @@ class SmtpProvider(Provider):
             self.close()
             self.open()
             self._send_once(message)
-        return message.extra_headers["Message-ID"].strip("<>")
+        assert self.backend is not None
+        return SendResult(
+            message_id=message.extra_headers["Message-ID"].strip("<>"),
+            rejected={
+                address: f"{code} {_text(reply)}"
+                for address, (code, reply) in (self.backend.refused or {}).items()
+            },
+        )
 
     def _send_once(self, message: EmailMessage) -> None:
         assert self.backend is not None

@@ -3,7 +3,7 @@
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -124,43 +124,55 @@ def backoff_seconds(attempt: int) -> float:
 
 @dataclass
 class _Outcome:
+    """The result of one attempt: which provider took (or refused) the message, and each try."""
+
     sent: bool
     provider: str = ""
     message_id: str = ""
+    rejected: dict[str, str] = field(default_factory=dict)
     error: DeliveryError | None = None
+    tries: list[DeliveryAttempt] = field(default_factory=list)
+
+
+def _try_row(
+    email: EmailJob, number: int, provider: str, started, clock: float, error=None
+) -> DeliveryAttempt:
+    if error is None:
+        outcome = DeliveryAttempt.Outcome.SENT
+    elif error.transient:
+        outcome = DeliveryAttempt.Outcome.TRANSIENT
+    else:
+        outcome = DeliveryAttempt.Outcome.PERMANENT
+    return DeliveryAttempt(
+        email=email,
+        number=number,
+        provider=provider,
+        outcome=outcome,
+        error_class=error.error_class if error else "",
+        error_message=error.message[:5000] if error else "",
+        started_at=started,
+        duration_ms=int((time.monotonic() - clock) * 1000),
+    )
 
 
 def _attempt(email: EmailJob, message: EmailMultiAlternatives, number: int) -> _Outcome:
     """Try each configured provider in order until one takes the message or one refuses it."""
-    attempts = []
     outcome = _Outcome(sent=False)
     try:
         providers = configured_providers()
     except MailqueueError as exc:
-        return _Outcome(sent=False, error=DeliveryError(str(exc), error_class="configuration"))
+        error = DeliveryError(str(exc), error_class="configuration")
+        outcome.error = error
+        outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
+        return outcome
     for provider in providers:
         started = timezone.now()
         clock = time.monotonic()
         try:
-            message_id = provider.send(message)
+            result = provider.send(message)
         except DeliveryError as exc:
-            outcome = _Outcome(sent=False, provider=provider.name, error=exc)
-            attempts.append(
-                DeliveryAttempt(
-                    email=email,
-                    number=number,
-                    provider=provider.name,
-                    outcome=(
-                        DeliveryAttempt.Outcome.TRANSIENT
-                        if exc.transient
-                        else DeliveryAttempt.Outcome.PERMANENT
-                    ),
-                    error_class=exc.error_class,
-                    error_message=exc.message[:5000],
-                    started_at=started,
-                    duration_ms=int((time.monotonic() - clock) * 1000),
-                )
-            )
+            outcome.provider, outcome.error = provider.name, exc
+            outcome.tries.append(_try_row(email, number, provider.name, started, clock, exc))
             if not exc.transient:
                 break
             logger.warning(
@@ -170,19 +182,10 @@ def _attempt(email: EmailJob, message: EmailMultiAlternatives, number: int) -> _
                 exc.error_class,
             )
             continue
-        attempts.append(
-            DeliveryAttempt(
-                email=email,
-                number=number,
-                provider=provider.name,
-                outcome=DeliveryAttempt.Outcome.SENT,
-                started_at=started,
-                duration_ms=int((time.monotonic() - clock) * 1000),
-            )
-        )
-        outcome = _Outcome(sent=True, provider=provider.name, message_id=message_id)
+        outcome.tries.append(_try_row(email, number, provider.name, started, clock))
+        outcome.sent, outcome.provider, outcome.error = True, provider.name, None
+        outcome.message_id, outcome.rejected = result.message_id, result.rejected
         break
-    DeliveryAttempt.objects.bulk_create(attempts)
     return outcome
 
 
@@ -194,25 +197,19 @@ def email_deliver(*, email: EmailJob) -> str:
         message = email_build_message(email=email, content=content)
     except MailqueueError as exc:
         # A template that cannot render will not render next time either: fail now.
-        error = DeliveryError(f"{exc.field or 'content'}: {exc.message}", error_class="render")
-        error.transient = False
-        DeliveryAttempt.objects.create(
-            email=email,
-            number=number,
-            provider="",
-            outcome=DeliveryAttempt.Outcome.PERMANENT,
-            error_class="render",
-            error_message=error.message,
-            started_at=timezone.now(),
+        error = DeliveryError(
+            f"{exc.field or 'content'}: {exc.message}", error_class="render", transient=False
         )
-        return _email_finish_failed(email=email, number=number, error=error, content=None)
+        outcome = _Outcome(sent=False, error=error)
+        outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
+        return _email_finish_failed(email=email, number=number, outcome=outcome, content=None)
     outcome = _attempt(email, message, number)
     if outcome.sent:
         return _email_finish_sent(email=email, number=number, outcome=outcome, content=content)
     assert outcome.error is not None
     if outcome.error.transient and number < email.max_attempts:
-        return _email_finish_retry(email=email, number=number, error=outcome.error)
-    return _email_finish_failed(email=email, number=number, error=outcome.error, content=content)
+        return _email_finish_retry(email=email, number=number, outcome=outcome)
+    return _email_finish_failed(email=email, number=number, outcome=outcome, content=content)
 
 
 def _content_fields(content: RenderedContent | None) -> dict:
@@ -221,15 +218,17 @@ def _content_fields(content: RenderedContent | None) -> dict:
     return {"subject": content.subject, "html": content.html, "text": content.text}
 
 
-def _finish(email: EmailJob, event: NewEvent, **fields) -> bool:
-    """Conditional update out of `sending`; False if the lease was lost meanwhile."""
+def _finish(email: EmailJob, outcome: _Outcome, events: list[NewEvent], **fields) -> bool:
+    """Leave `sending` and record the attempt, in one transaction; False if the lease was lost."""
     now = timezone.now()
     with transaction.atomic():
         updated = EmailJob.objects.filter(pk=email.pk, status=EmailStatus.SENDING).update(
             lease_expires_at=None, updated_at=now, **fields
         )
+        # The tries happened either way; the events only if this worker still owned the email.
+        DeliveryAttempt.objects.bulk_create(outcome.tries)
         if updated:
-            events_record(events=[event])
+            events_record(events=events)
     if not updated:
         logger.warning("email %s: left `sending` while being delivered (lease lost)", email.pk)
     return bool(updated)
@@ -238,39 +237,64 @@ def _finish(email: EmailJob, event: NewEvent, **fields) -> bool:
 def _email_finish_sent(
     *, email: EmailJob, number: int, outcome: _Outcome, content: RenderedContent
 ) -> str:
-    _finish(
-        email,
+    events = [
         NewEvent(
             email_id=email.pk,
             event_type=EventType.SENT,
             provider=outcome.provider,
             recipient=email.recipient,
             data={"message_id": outcome.message_id},
-        ),
+        )
+    ]
+    # A provider that took the message may still have refused some recipients.
+    events += [
+        NewEvent(
+            email_id=email.pk,
+            event_type=EventType.REJECTED,
+            provider=outcome.provider,
+            recipient=address,
+            description=f"Refused by {outcome.provider}: {reason}",
+        )
+        for address, reason in outcome.rejected.items()
+    ]
+    _finish(
+        email,
+        outcome,
+        events,
         status=EmailStatus.SENT,
         attempts=number,
         provider=outcome.provider,
         message_id=outcome.message_id,
         sent_at=timezone.now(),
-        last_error="",
+        last_error=(
+            "Some recipients were refused: "
+            + "; ".join(f"{address}: {reason}" for address, reason in outcome.rejected.items())
+        )[:5000]
+        if outcome.rejected
+        else "",
         **_content_fields(content),
     )
     return EmailStatus.SENT
 
 
 def _email_finish_failed(
-    *, email: EmailJob, number: int, error: DeliveryError, content: RenderedContent | None
+    *, email: EmailJob, number: int, outcome: _Outcome, content: RenderedContent | None
 ) -> str:
+    error = outcome.error
+    assert error is not None
     kind = "permanent error" if not error.transient else "gave up after the last attempt"
+    event = NewEvent(
+        email_id=email.pk,
+        event_type=EventType.FAILED,
+        provider=outcome.provider,
+        recipient=email.recipient,
+        description=f"{kind}: {error.message}",
+        data={"error_class": error.error_class},
+    )
     _finish(
         email,
-        NewEvent(
-            email_id=email.pk,
-            event_type=EventType.FAILED,
-            recipient=email.recipient,
-            description=f"{kind}: {error.message}",
-            data={"error_class": error.error_class},
-        ),
+        outcome,
+        [event],
         status=EmailStatus.FAILED,
         attempts=number,
         last_error=error.message[:5000],
@@ -279,20 +303,24 @@ def _email_finish_failed(
     return EmailStatus.FAILED
 
 
-def _email_finish_retry(*, email: EmailJob, number: int, error: DeliveryError) -> str:
+def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> str:
+    error = outcome.error
+    assert error is not None
     next_at = timezone.now() + timedelta(seconds=backoff_seconds(number))
     job_id = f"retry-{email.pk.hex}-{number}"
+    event = NewEvent(
+        email_id=email.pk,
+        event_type=EventType.DEFERRED,
+        provider=outcome.provider,
+        recipient=email.recipient,
+        description=f"attempt {number} failed, next at {next_at.isoformat()}: {error.message}",
+        data={"error_class": error.error_class, "next_attempt_at": next_at.isoformat()},
+    )
     with transaction.atomic():
         moved = _finish(
             email,
-            NewEvent(
-                email_id=email.pk,
-                event_type=EventType.DEFERRED,
-                recipient=email.recipient,
-                description=f"attempt {number} failed, next at {next_at.isoformat()}: "
-                f"{error.message}",
-                data={"error_class": error.error_class, "next_attempt_at": next_at.isoformat()},
-            ),
+            outcome,
+            [event],
             status=EmailStatus.RETRYING,
             attempts=number,
             last_error=error.message[:5000],

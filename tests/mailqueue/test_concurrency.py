@@ -11,7 +11,7 @@ from mailqueue.scheduling import DeliveryJob, deliveries_enqueue
 from mailqueue.services import BatchRecipient, batch_create
 from mailqueue.services.delivery import emails_claim
 from tests.helpers import queue_lengths
-from tests.mailqueue.test_scheduling import live_env, process_logs, processes
+from tests.live import live_env, process_logs, processes
 
 
 def _accept_batch(client, count: int) -> list[str]:

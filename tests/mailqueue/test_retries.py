@@ -15,7 +15,7 @@ from mailqueue.services import email_create
 from mailqueue.services.delivery import backoff_seconds
 from mailqueue.tasks import deliver_emails
 from tests.helpers import queue_lengths, run_worker
-from tests.mailqueue.test_scheduling import scheduled_entries
+from tests.live import scheduled_entries
 from tracking.models import EventType
 
 pytestmark = pytest.mark.django_db

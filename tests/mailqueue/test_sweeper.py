@@ -19,7 +19,7 @@ from mailqueue.scheduling import get_scheduler
 from mailqueue.services import BatchRecipient, batch_create, email_create, emails_sweep
 from mailqueue.services.delivery import emails_claim
 from tests.helpers import queue_lengths, run_worker
-from tests.mailqueue.test_scheduling import (
+from tests.live import (
     live_env,
     processes,
     scheduled_entries,

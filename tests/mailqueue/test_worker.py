@@ -127,6 +127,32 @@ def test_raw_content_email_created_by_the_service_is_sent(
     assert email.message_id == received.message["Message-ID"].strip("<>")
 
 
+def test_recipient_refused_while_others_accept_is_recorded(
+    issued_key, smtp_sink, django_capture_on_commit_callbacks
+):
+    """The server takes the message for To but refuses a Cc: sent, with a `rejected` event."""
+    smtp_sink.rcpt_replies["gone@example.com"] = "550 5.1.1 No such user"
+    with django_capture_on_commit_callbacks(execute=True):
+        email = email_create(
+            client=issued_key.api_key.client,
+            to=["ada@example.com"],
+            cc=["gone@example.com"],
+            subject="Minutes",
+            text="Attached.",
+        )
+
+    run_worker()
+
+    [received] = smtp_sink.messages
+    assert received.rcpt_tos == ["ada@example.com"]
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+    assert "gone@example.com" in email.last_error and "550" in email.last_error
+    rejected = email.events.get(event_type=EventType.REJECTED)
+    assert rejected.recipient == "gone@example.com"
+    assert "No such user" in rejected.description
+
+
 def test_batch_is_one_job_and_one_smtp_connection(
     api, smtp_sink, welcome_template, django_capture_on_commit_callbacks
 ):
