@@ -2,6 +2,7 @@
 
 import uuid
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
@@ -129,7 +130,21 @@ class EmailJob(models.Model):
         on_delete=models.PROTECT,
         related_name="emails",
     )
+    # The exact template content this email is rendered with (pinned when it is accepted).
+    template_version = models.ForeignKey(
+        "templates_app.EmailTemplateVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="emails",
+    )
     context = models.JSONField(default=dict, blank=True)
+    # An admin user who created it (test sends, released captures); API sends have `api_key`.
+    created_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Providers for this email only (e.g. a released capture); empty means EMAIL_PROVIDERS.
+    providers = models.JSONField(default=list, blank=True)
     # Raw content for non-template sends; rendered content once sent (what went out).
     subject = models.CharField(max_length=998, blank=True, default="")
     html = models.TextField(blank=True, default="")
@@ -141,6 +156,9 @@ class EmailJob(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=5)
     last_error = models.TextField(blank=True, default="")
+    # Class of the last error and a fingerprint of (class, message shape): the dead-letter groups.
+    error_class = models.CharField(max_length=200, blank=True, default="")
+    error_group = models.CharField(max_length=64, blank=True, default="")
     rq_job_id = models.CharField(max_length=100, blank=True, default="")
 
     provider = models.CharField(max_length=50, blank=True, default="")
@@ -165,6 +183,11 @@ class EmailJob(models.Model):
             models.Index(fields=["status", "updated_at"], name="email_status_updated"),
             models.Index(fields=["template", "-created_at"], name="email_template_created"),
             models.Index(fields=["priority", "-created_at"], name="email_priority_created"),
+            models.Index(
+                fields=["error_group", "-updated_at"],
+                name="email_failed_group",
+                condition=models.Q(status="failed"),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -245,6 +268,10 @@ class CapturedMessage(models.Model):
     to = models.JSONField(default=list)
     subject = models.CharField(max_length=998, blank=True, default="")
     mime = models.TextField()
+    # The email that re-sent this message through a real provider ("release").
+    released_as = models.ForeignKey(
+        EmailJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

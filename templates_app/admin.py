@@ -163,10 +163,11 @@ class EmailTemplateAdmin(admin.ModelAdmin):
     ) -> None:
         """Create or update through the services, which check the sources again."""
         fields = {name: form.cleaned_data[name] for name in TEMPLATE_FIELDS}
+        created_by = f"admin user {request.user.get_username()}"
         if change:
-            template_update(template=obj, **fields)
+            template_update(template=obj, created_by=created_by, **fields)
             return
-        created = template_create(slug=form.cleaned_data["slug"], **fields)
+        created = template_create(slug=form.cleaned_data["slug"], created_by=created_by, **fields)
         copy_saved_instance(target=obj, saved=created)
 
     @admin.display(description="preview")

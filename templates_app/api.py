@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from mailqueue.api.serializers import StrictSerializer
 from mailqueue.api.views import ScopedApiView
-from templates_app.models import EmailTemplate
+from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.selectors import template_get, template_list
 from templates_app.services import (
     template_create,
@@ -57,8 +57,18 @@ class TemplateInputSerializer(StrictSerializer):
         return attrs
 
 
+class TemplateVersionOutputSerializer(serializers.ModelSerializer):
+    """One saved version of a template: who made it and when."""
+
+    class Meta:
+        model = EmailTemplateVersion
+        fields = ["number", "created_at", "created_by"]
+
+
 class TemplateOutputSerializer(serializers.ModelSerializer):
-    """A stored template."""
+    """A stored template with its current version number and its version history."""
+
+    versions = TemplateVersionOutputSerializer(many=True, read_only=True)
 
     class Meta:
         model = EmailTemplate
@@ -71,6 +81,8 @@ class TemplateOutputSerializer(serializers.ModelSerializer):
             "variables",
             "sample_context",
             "is_active",
+            "version",
+            "versions",
             "created_at",
             "updated_at",
         ]
@@ -117,7 +129,10 @@ class TemplatesApi(ScopedApiView):
         """Create a template; 400 naming the part and line if it does not compile."""
         serializer = TemplateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        template = template_create(**serializer.validated_data)
+        template = template_create(
+            created_by=f"API key {request.auth}", **serializer.validated_data
+        )
+        template = template_get(slug=template.slug)  # with its versions
         response = Response(TemplateOutputSerializer(template).data, status=status.HTTP_201_CREATED)
         response["Location"] = reverse("api:template-detail", kwargs={"slug": template.slug})
         return response
@@ -158,7 +173,9 @@ class TemplateDetailApi(ScopedApiView):
         fields = dict(serializer.validated_data)
         if fields.pop("slug", slug) != slug:
             raise serializers.ValidationError({"slug": ["The slug of a template cannot change."]})
-        template = template_update(template=template, **fields)
+        template = template_update(
+            template=template, created_by=f"API key {request.auth}", **fields
+        )
         return Response(TemplateOutputSerializer(template).data)
 
     @extend_schema(responses={204: None})

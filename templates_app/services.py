@@ -3,7 +3,7 @@
 from django.db import transaction
 
 from mailqueue.errors import ValidationFailed
-from templates_app.models import EmailTemplate
+from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.rendering import RenderedContent, compile_part, render_content
 
 TEMPLATE_FIELDS = ("name", "subject", "html", "text", "variables", "sample_context", "is_active")
@@ -35,26 +35,69 @@ def template_render(*, template: EmailTemplate, context: dict) -> RenderedConten
     )
 
 
+# Fields whose change makes a new version (name and is_active are not content).
+CONTENT_FIELDS = ("subject", "html", "text", "variables", "sample_context")
+
+
+def _snapshot(template: EmailTemplate, created_by: str) -> EmailTemplateVersion:
+    """Record the template's current content as its next version."""
+    template.version += 1
+    EmailTemplate.objects.filter(pk=template.pk).update(version=template.version)
+    return EmailTemplateVersion.objects.create(
+        template=template,
+        number=template.version,
+        created_by=created_by[:200],
+        **{name: getattr(template, name) for name in CONTENT_FIELDS},
+    )
+
+
 @transaction.atomic
-def template_create(*, slug: str, **fields) -> EmailTemplate:
-    """Create a template after checking that every part compiles."""
+def template_create(*, slug: str, created_by: str = "", **fields) -> EmailTemplate:
+    """Create a template (version 1) after checking that every part compiles."""
     if EmailTemplate.objects.filter(slug=slug).exists():
         raise ValidationFailed(f"A template with slug '{slug}' already exists.", field="slug")
     template = EmailTemplate(slug=slug, **{k: v for k, v in fields.items() if k in TEMPLATE_FIELDS})
     template_validate_sources(subject=template.subject, html=template.html, text=template.text)
     template.save()
+    _snapshot(template, created_by)
     return template
 
 
 @transaction.atomic
-def template_update(*, template: EmailTemplate, **fields) -> EmailTemplate:
-    """Update a template's fields after checking that every part compiles."""
+def template_update(*, template: EmailTemplate, created_by: str = "", **fields) -> EmailTemplate:
+    """Update a template; a change of content adds a version, emails keep the one they used."""
+    # Lock the row so two concurrent edits get distinct version numbers.
+    current = EmailTemplate.objects.select_for_update().get(pk=template.pk)
+    template.version = current.version
     for key, value in fields.items():
         if key in TEMPLATE_FIELDS:
             setattr(template, key, value)
     template_validate_sources(subject=template.subject, html=template.html, text=template.text)
     template.save()
+    if any(getattr(template, name) != getattr(current, name) for name in CONTENT_FIELDS):
+        _snapshot(template, created_by)
     return template
+
+
+def template_restore(
+    *, template: EmailTemplate, number: int, created_by: str = ""
+) -> EmailTemplate:
+    """Make an old version's content current again (as a new version; history is kept)."""
+    version = EmailTemplateVersion.objects.filter(template=template, number=number).first()
+    if version is None:
+        raise ValidationFailed(
+            f"Template '{template.slug}' has no version {number}.", field="version"
+        )
+    return template_update(
+        template=template,
+        created_by=created_by or f"restore of v{number}",
+        **{name: getattr(version, name) for name in CONTENT_FIELDS},
+    )
+
+
+def template_current_version(*, template: EmailTemplate) -> EmailTemplateVersion | None:
+    """The version row holding the template's current content."""
+    return EmailTemplateVersion.objects.filter(template=template, number=template.version).first()
 
 
 def template_delete(*, template: EmailTemplate) -> None:

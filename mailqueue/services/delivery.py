@@ -57,7 +57,7 @@ def emails_claim(*, email_ids: list[str]) -> list[EmailJob]:
     # The rows were locked until the commit above, so every id in `ids` is ours now.
     return list(
         EmailJob.objects.filter(pk__in=ids)
-        .select_related("template")
+        .select_related("template", "template_version")
         .prefetch_related("attachments")
     )
 
@@ -76,11 +76,11 @@ def emails_not_yet_due(*, email_ids: list[str]) -> list[EmailJob]:
 
 
 def email_render(*, email: EmailJob) -> RenderedContent:
-    """Rendered subject, HTML and text of an email (its template, or its raw content)."""
-    if email.template_id:
-        template = email.template
+    """Rendered subject, HTML and text of an email: its pinned template version, or its own."""
+    source = email.template_version or email.template
+    if source is not None:
         return render_content(
-            subject=template.subject, html=template.html, text=template.text, context=email.context
+            subject=source.subject, html=source.html, text=source.text, context=email.context
         )
     return RenderedContent(subject=email.subject, html=email.html, text=email.text)
 

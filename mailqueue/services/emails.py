@@ -29,7 +29,7 @@ from mailqueue.scheduling import (
 )
 from mailqueue.validation import address_spec, check_recipient_count
 from templates_app.models import EmailTemplate
-from templates_app.services import template_check_context
+from templates_app.services import template_check_context, template_current_version
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
 
@@ -92,10 +92,11 @@ def email_create(
     """Store one email in the outbox and enqueue its delivery once the transaction commits."""
     context = context or {}
     check_recipient_count(to=list(to), cc=list(cc), bcc=list(bcc))
-    template_obj = None
+    template_obj = template_version = None
     if template:
         template_obj = template_get_active(slug=template)
         template_check_context(template=template_obj, context=context)
+        template_version = template_current_version(template=template_obj)
     elif not subject or not (html or text):
         raise ValidationFailed(
             "Give either 'template' (with 'context') or 'subject' with 'html' and/or 'text'.",
@@ -119,6 +120,7 @@ def email_create(
         tags=list(tags),
         metadata=metadata or {},
         template=template_obj,
+        template_version=template_version,
         context=context,
         subject=subject or "",
         html=html or "",
@@ -179,6 +181,7 @@ def batch_create(
         )
     shared_context = context or {}
     template_obj = template_get_active(slug=template)
+    template_version = template_current_version(template=template_obj)
     for index, recipient in enumerate(recipients):
         template_check_context(
             template=template_obj,
@@ -218,6 +221,7 @@ def batch_create(
                 tags=list(tags),
                 metadata=recipient.metadata,
                 template=template_obj,
+                template_version=template_version,
                 context={**shared_context, **recipient.context},
                 send_at=send_at,
                 max_attempts=conf.max_attempts(),

@@ -11,7 +11,7 @@ from mailqueue.scheduling import DeliveryJob, deliveries_enqueue
 from mailqueue.scheduling import connection as redis_connection
 from mailqueue.services import BatchRecipient, batch_create, email_create
 from mailqueue.tasks import deliver_emails
-from templates_app.models import EmailTemplate
+from templates_app.models import EmailTemplateVersion
 from templates_app.services import template_create
 from tests.helpers import queue_lengths, run_worker
 from tracking.models import EventType
@@ -336,7 +336,8 @@ def test_template_with_a_syntax_error_stored_behind_validation_fails_the_email(
             template="welcome",
             context={"name": "Ada"},
         )
-    EmailTemplate.objects.filter(pk=welcome_template.pk).update(text="Hello {% if %}")
+    # The email renders the version pinned when it was accepted: break that one.
+    EmailTemplateVersion.objects.filter(pk=email.template_version_id).update(text="Hello {% if %}")
 
     run_worker()
 

@@ -4,7 +4,7 @@ import pytest
 
 from mailqueue.errors import TemplateRenderError
 from mailqueue.models import CapturedMessage, EmailJob, EmailStatus
-from templates_app.models import EmailTemplate
+from templates_app.models import EmailTemplateVersion
 from templates_app.rendering import render_content
 from templates_app.services import template_create
 from tests.helpers import run_worker
@@ -149,7 +149,9 @@ def test_email_with_an_unrenderable_template_fails_with_a_clear_error(
     make_template(api, slug="broken", html="<p>ok</p>")
     # A template that compiled once can still fail at send time (edited in the database by
     # hand, or a future Django refusing it); bypass the API's validation to get one.
-    EmailTemplate.objects.filter(slug="broken").update(html='{% include "x.html" %}')
+    EmailTemplateVersion.objects.filter(template__slug="broken").update(
+        html='{% include "x.html" %}'
+    )
     with django_capture_on_commit_callbacks(execute=True):
         email_id = api.post(
             "/api/v1/emails/", {"to": "ada@example.com", "template": "broken"}, format="json"

@@ -31,9 +31,9 @@ class Command(BaseCommand):
             slug = data.pop("slug")
             existing = EmailTemplate.objects.filter(slug=slug).first()
             if existing is None:
-                template_create(slug=slug, **data)
+                template_create(slug=slug, created_by="load_default_templates", **data)
                 created += 1
             elif update:
-                template_update(template=existing, **data)
+                template_update(template=existing, created_by="load_default_templates", **data)
                 updated += 1
         self.stdout.write(f"templates: {created} created, {updated} updated, {len(paths)} shipped")
