@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from mailqueue.admin_utils import copy_saved_instance, error_block, rendered_parts
+from mailqueue.admin.utils import copy_saved_instance, error_block, rendered_parts
 from mailqueue.errors import TemplateRenderError, ValidationFailed
 from templates_app.models import EmailTemplate
 from templates_app.rendering import render_content

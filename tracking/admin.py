@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from mailqueue.admin_utils import EstimatedCountPaginator, pretty_json
+from mailqueue.admin.utils import EstimatedCountPaginator, pretty_json
 from tracking.models import TrackingEvent
 
 # The email columns the list shows; the rest of the (wide) email row is not loaded.

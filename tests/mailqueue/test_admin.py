@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from mailqueue.admin_utils import EstimatedCountPaginator, pk_chunks, table_row_estimate
+from mailqueue.admin.utils import EstimatedCountPaginator, pk_chunks, table_row_estimate
 from mailqueue.models import (
     ApiKey,
     Batch,

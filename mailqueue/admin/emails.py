@@ -1,19 +1,13 @@
-"""Admin for emails, batches, clients, API keys and the capture inbox.
+"""Email jobs admin: a fast list, a read-only detail with the rendered message, and actions.
 
-Every change goes through a service (retry, cancel, key creation and revocation); the email
-pages are read-only and stay fast on tables with millions of rows.
+Every change goes through a service (retry, cancel); the pages stay fast on tables with millions
+of rows.
 """
 
 import contextlib
 import uuid
-from email import message_from_string
-from email import policy as email_policy
-from email.errors import HeaderParseError
-from email.header import decode_header, make_header
-from email.message import EmailMessage as MimeMessage
 from typing import Any
 
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -22,37 +16,27 @@ from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
-from mailqueue.admin_utils import (
+from mailqueue.admin.common import EMAIL_LIST_DEFERRED, ReadOnlyAdminMixin, email_changelist_url
+from mailqueue.admin.utils import (
     EstimatedCountPaginator,
     LightChangeListMixin,
     admin_change_link,
-    copy_saved_instance,
     error_block,
     pk_chunks,
-    preformatted,
     pretty_json,
     rendered_parts,
-    sandboxed_html,
 )
 from mailqueue.errors import InvalidTransition, MailqueueError
 from mailqueue.models import (
-    ApiKey,
     Batch,
-    CapturedMessage,
-    Client,
     DeliveryAttempt,
     EmailJob,
     EmailStatus,
 )
-from mailqueue.selectors import batch_status_counts
 from mailqueue.services import (
-    api_key_create,
-    api_key_revoke,
-    api_key_update,
     email_cancel,
     email_retry,
     emails_cancel_many,
@@ -63,44 +47,6 @@ from mailqueue.services.emails import CANCELLABLE, RETRYABLE
 from mailqueue.validation import address_spec
 from templates_app.models import EmailTemplate
 from tracking.models import TrackingEvent
-
-admin.site.site_header = "Mailqueue"
-admin.site.site_title = "Mailqueue admin"
-admin.site.index_title = "Outbox, templates and API keys"
-
-# Columns never shown on the email list; a page of 100 emails would otherwise load 100 bodies.
-EMAIL_LIST_DEFERRED = (
-    "html",
-    "text",
-    "context",
-    "headers",
-    "metadata",
-    "last_error",
-    "template__html",
-    "template__text",
-    "template__sample_context",
-    "template__variables",
-)
-
-
-def email_changelist_url(**params: str) -> str:
-    """The email list URL, filtered by query parameters."""
-    url = reverse("admin:mailqueue_emailjob_changelist")
-    return f"{url}?{urlencode(params)}" if params else url
-
-
-class ReadOnlyAdminMixin:
-    """No add; the detail page is view-only (changes happen through actions and services)."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Rows are created by the API and the workers, never by hand."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Model-level change permission (for actions), but every object is view-only."""
-        if obj is not None:
-            return False
-        return super().has_change_permission(request)
 
 
 class EmailTemplateFilter(admin.SimpleListFilter):
@@ -494,342 +440,3 @@ class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             text=content.text,
             note="Not sent yet: rendered now from the current template and context.",
         )
-
-
-@admin.register(Batch)
-class BatchAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    """Batches: how far along their emails are, and a link to them."""
-
-    list_display = ("id", "client", "template", "count", "priority", "created_at")
-    list_select_related = ("client", "template")
-    list_filter = ("priority",)
-    sortable_by = ("created_at",)
-    search_fields = ("=id",)
-    search_help_text = "Batch id (UUID)."
-    show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER
-    paginator = EstimatedCountPaginator
-    changelist_defer = ("context", "template__html", "template__text", "template__sample_context")
-    readonly_fields = (
-        "id",
-        "client",
-        "template",
-        "count",
-        "priority",
-        "send_at",
-        "tags",
-        "created_at",
-        "context_display",
-        "status_counts",
-        "emails_link",
-    )
-    fields = readonly_fields
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Only superusers may delete batches (deleting one deletes its emails)."""
-        return request.user.is_superuser
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet, search_term: str
-    ) -> tuple[QuerySet, bool]:
-        """Find a batch by its exact id; anything that is not a UUID finds nothing."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        try:
-            return queryset.filter(pk=uuid.UUID(term)), False
-        except ValueError:
-            return queryset.none(), False
-
-    @admin.display(description="context")
-    def context_display(self, obj: Batch) -> SafeString:
-        """The context shared by every email of the batch."""
-        return pretty_json(obj.context)
-
-    @admin.display(description="emails by status")
-    def status_counts(self, obj: Batch) -> SafeString:
-        """How many of the batch's emails are in each status, each linking to them."""
-        counts = batch_status_counts(batch=obj)
-        return format_html_join(
-            "",
-            '<div><a href="{}">{}</a>: {}</div>',
-            (
-                (
-                    email_changelist_url(batch__id__exact=str(obj.pk), status__exact=status),
-                    status,
-                    count,
-                )
-                for status, count in counts.items()
-            ),
-        )
-
-    @admin.display(description="emails")
-    def emails_link(self, obj: Batch) -> SafeString:
-        """All emails of the batch."""
-        return format_html(
-            '<a href="{}">Show the {} email(s) of this batch</a>',
-            email_changelist_url(batch__id__exact=str(obj.pk)),
-            obj.count,
-        )
-
-
-@admin.register(Client)
-class ClientAdmin(admin.ModelAdmin):
-    """Calling services; each owns API keys, emails and batches."""
-
-    list_display = ("name", "created_at", "keys_link", "emails_link")
-    search_fields = ("name",)
-    readonly_fields = ("created_at", "keys_link", "emails_link")
-    fields = ("name", *readonly_fields)
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        """No bulk delete: its confirmation page would list every email of the clients."""
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
-
-    def has_delete_permission(self, request: HttpRequest, obj: Client | None = None) -> bool:
-        """Only clients that never sent anything (emails and batches keep theirs)."""
-        if obj is not None and (obj.emails.exists() or obj.batches.exists()):
-            return False
-        return super().has_delete_permission(request, obj)
-
-    @admin.display(description="API keys")
-    def keys_link(self, obj: Client) -> SafeString | str:
-        """The client's API keys."""
-        if obj.pk is None:
-            return "-"
-        url = reverse("admin:mailqueue_apikey_changelist")
-        return format_html('<a href="{}?client__id__exact={}">API keys</a>', url, obj.pk)
-
-    @admin.display(description="emails")
-    def emails_link(self, obj: Client) -> SafeString | str:
-        """The client's emails."""
-        if obj.pk is None:
-            return "-"
-        return format_html(
-            '<a href="{}">Emails</a>', email_changelist_url(client__id__exact=str(obj.pk))
-        )
-
-
-class ScopesField(forms.MultipleChoiceField):
-    """API key scopes as checkboxes; at least one is required."""
-
-    widget = forms.CheckboxSelectMultiple
-
-    def __init__(self, **kwargs: Any) -> None:
-        """A checkbox per ApiKey.Scope."""
-        super().__init__(choices=ApiKey.Scope.choices, **kwargs)
-
-    def clean(self, value: Any) -> list[str]:
-        """The chosen scopes, sorted as api_key_create stores them."""
-        return sorted(super().clean(value))
-
-
-class ApiKeyCreateForm(forms.ModelForm):
-    """A new key: the key itself is generated by api_key_create when the form is saved."""
-
-    scopes = ScopesField(help_text="What the key may do.")
-
-    class Meta:
-        model = ApiKey
-        fields = ("client", "name", "scopes")
-
-
-class ApiKeyChangeForm(forms.ModelForm):
-    """An existing key: label, scopes and whether it is active."""
-
-    scopes = ScopesField(help_text="What the key may do.")
-
-    class Meta:
-        model = ApiKey
-        fields = ("name", "scopes", "is_active")
-
-
-@admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    """API keys: created through api_key_create (plaintext shown once), revoked in bulk."""
-
-    list_display = (
-        "key_display",
-        "client",
-        "name",
-        "scopes_display",
-        "is_active",
-        "last_used_at",
-        "created_at",
-    )
-    list_select_related = ("client",)
-    list_filter = ("is_active", "client")
-    search_fields = ("name", "prefix", "client__name")
-    actions = ("revoke_selected",)
-
-    def get_form(
-        self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any
-    ) -> type[forms.ModelForm]:
-        """The create form for a new key, the change form otherwise."""
-        kwargs["form"] = ApiKeyChangeForm if obj is not None else ApiKeyCreateForm
-        return super().get_form(request, obj, change=change, **kwargs)
-
-    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
-        """The key hash is never shown; the prefix identifies the key."""
-        if obj is None:
-            return ["client", "name", "scopes"]
-        return [
-            "key_display",
-            "client",
-            "name",
-            "scopes",
-            "is_active",
-            "last_used_at",
-            "created_at",
-        ]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
-        """Identity and usage are read-only; a key cannot move to another client."""
-        if obj is None:
-            return []
-        return ["key_display", "client", "last_used_at", "created_at"]
-
-    def save_model(
-        self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool
-    ) -> None:
-        """Create keys through the service and show the plaintext once; edit only form fields."""
-        if change:
-            changed = {
-                name: form.cleaned_data[name]
-                for name in form.changed_data
-                if name in ("name", "scopes", "is_active")
-            }
-            api_key_update(api_key=obj, **changed)
-            return
-        issued = api_key_create(
-            client_name=form.cleaned_data["client"].name,
-            scopes=form.cleaned_data["scopes"],
-            name=form.cleaned_data["name"],
-        )
-        copy_saved_instance(target=obj, saved=issued.api_key)
-        messages.success(
-            request,
-            format_html(
-                "New API key for {}: <code>{}</code> — copy it now. It is not stored and will "
-                "not be shown again.",
-                issued.api_key.client.name,
-                issued.plaintext,
-            ),
-        )
-
-    @admin.action(description="Revoke selected keys", permissions=["change"])
-    def revoke_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Deactivate every selected key."""
-        revoked = 0
-        for api_key in queryset.filter(is_active=True):
-            api_key_revoke(api_key=api_key)
-            revoked += 1
-        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
-
-    @admin.display(description="key", ordering="prefix")
-    def key_display(self, obj: ApiKey) -> str:
-        """The key's public part; the secret is never stored."""
-        return f"mq_{obj.prefix}_…"
-
-    @admin.display(description="scopes")
-    def scopes_display(self, obj: ApiKey) -> str:
-        """Scopes, comma-separated."""
-        return ", ".join(obj.scopes)
-
-
-@admin.register(CapturedMessage)
-class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    """The capture inbox: what the `capture` provider would have sent, exactly as MIME."""
-
-    list_display = ("created_at", "to_display", "subject_display", "from_email", "email_link")
-    list_display_links = ("created_at", "subject_display")
-    # A dev inbox, small enough for icontains; `to` is a JSON list, searched as text.
-    search_fields = ("subject", "to")
-    search_help_text = "Part of the subject or of a recipient address."
-    ordering = ("-created_at", "-id")
-    show_full_result_count = False
-    changelist_defer = ("mime",)
-    fields = (
-        "created_at",
-        "message_id",
-        "from_email",
-        "to_display",
-        "subject_display",
-        "email_link",
-        "headers_display",
-        "text_part",
-        "html_part",
-        "raw_mime",
-    )
-    readonly_fields = fields
-
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
-        """The inbox list."""
-        extra_context = {"title": "Capture inbox", **(extra_context or {})}
-        return super().changelist_view(request, extra_context)
-
-    def _parsed(self, obj: CapturedMessage) -> MimeMessage:
-        # One parse per request per message, shared by the header and body fields.
-        cached = getattr(obj, "_parsed_mime", None)
-        if cached is None:
-            cached = message_from_string(obj.mime, policy=email_policy.default)
-            obj._parsed_mime = cached
-        return cached
-
-    def _body(self, obj: CapturedMessage, subtype: str) -> str:
-        part = self._parsed(obj).get_body(preferencelist=(subtype,))
-        if part is None or part.get_content_subtype() != subtype:
-            return ""
-        return part.get_content()
-
-    @admin.display(description="subject")
-    def subject_display(self, obj: CapturedMessage) -> str:
-        """The subject, decoded if it was stored in its RFC 2047 encoded form."""
-        try:
-            return str(make_header(decode_header(obj.subject)))
-        except (HeaderParseError, LookupError, UnicodeDecodeError):
-            return obj.subject
-
-    @admin.display(description="to")
-    def to_display(self, obj: CapturedMessage) -> str:
-        """Every envelope recipient (to, cc and bcc)."""
-        return ", ".join(obj.to)
-
-    @admin.display(description="email")
-    def email_link(self, obj: CapturedMessage) -> SafeString | str:
-        """The email job this message came from."""
-        if not obj.email_id:
-            return "-"
-        return format_html(
-            '<a href="{}">{}</a>',
-            reverse("admin:mailqueue_emailjob_change", args=[obj.email_id]),
-            obj.email_id,
-        )
-
-    @admin.display(description="headers")
-    def headers_display(self, obj: CapturedMessage) -> SafeString:
-        """The message's top-level headers, decoded."""
-        rows = ((name, str(value)) for name, value in self._parsed(obj).items())
-        return format_html(
-            "<table><tbody>{}</tbody></table>",
-            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
-        )
-
-    @admin.display(description="text part")
-    def text_part(self, obj: CapturedMessage) -> SafeString:
-        """The text/plain body."""
-        return preformatted(self._body(obj, "plain"), empty="(no text part)")
-
-    @admin.display(description="HTML part")
-    def html_part(self, obj: CapturedMessage) -> SafeString:
-        """The text/html body, sandboxed."""
-        return sandboxed_html(self._body(obj, "html"))
-
-    @admin.display(description="raw MIME")
-    def raw_mime(self, obj: CapturedMessage) -> SafeString:
-        """The message exactly as it would have gone out."""
-        return preformatted(obj.mime)

@@ -1,0 +1,120 @@
+"""The capture inbox: messages the `capture` provider kept instead of sending."""
+
+from email import message_from_string
+from email import policy as email_policy
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.message import EmailMessage as MimeMessage
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from mailqueue.admin.common import ReadOnlyAdminMixin
+from mailqueue.admin.utils import (
+    LightChangeListMixin,
+    preformatted,
+    sandboxed_html,
+)
+from mailqueue.models import (
+    CapturedMessage,
+)
+
+
+@admin.register(CapturedMessage)
+class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The capture inbox: what the `capture` provider would have sent, exactly as MIME."""
+
+    list_display = ("created_at", "to_display", "subject_display", "from_email", "email_link")
+    list_display_links = ("created_at", "subject_display")
+    # A dev inbox, small enough for icontains; `to` is a JSON list, searched as text.
+    search_fields = ("subject", "to")
+    search_help_text = "Part of the subject or of a recipient address."
+    ordering = ("-created_at", "-id")
+    show_full_result_count = False
+    changelist_defer = ("mime",)
+    fields = (
+        "created_at",
+        "message_id",
+        "from_email",
+        "to_display",
+        "subject_display",
+        "email_link",
+        "headers_display",
+        "text_part",
+        "html_part",
+        "raw_mime",
+    )
+    readonly_fields = fields
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The inbox list."""
+        extra_context = {"title": "Capture inbox", **(extra_context or {})}
+        return super().changelist_view(request, extra_context)
+
+    def _parsed(self, obj: CapturedMessage) -> MimeMessage:
+        # One parse per request per message, shared by the header and body fields.
+        cached = getattr(obj, "_parsed_mime", None)
+        if cached is None:
+            cached = message_from_string(obj.mime, policy=email_policy.default)
+            obj._parsed_mime = cached
+        return cached
+
+    def _body(self, obj: CapturedMessage, subtype: str) -> str:
+        part = self._parsed(obj).get_body(preferencelist=(subtype,))
+        if part is None or part.get_content_subtype() != subtype:
+            return ""
+        return part.get_content()
+
+    @admin.display(description="subject")
+    def subject_display(self, obj: CapturedMessage) -> str:
+        """The subject, decoded if it was stored in its RFC 2047 encoded form."""
+        try:
+            return str(make_header(decode_header(obj.subject)))
+        except (HeaderParseError, LookupError, UnicodeDecodeError):
+            return obj.subject
+
+    @admin.display(description="to")
+    def to_display(self, obj: CapturedMessage) -> str:
+        """Every envelope recipient (to, cc and bcc)."""
+        return ", ".join(obj.to)
+
+    @admin.display(description="email")
+    def email_link(self, obj: CapturedMessage) -> SafeString | str:
+        """The email job this message came from."""
+        if not obj.email_id:
+            return "-"
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:mailqueue_emailjob_change", args=[obj.email_id]),
+            obj.email_id,
+        )
+
+    @admin.display(description="headers")
+    def headers_display(self, obj: CapturedMessage) -> SafeString:
+        """The message's top-level headers, decoded."""
+        rows = ((name, str(value)) for name, value in self._parsed(obj).items())
+        return format_html(
+            "<table><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+        )
+
+    @admin.display(description="text part")
+    def text_part(self, obj: CapturedMessage) -> SafeString:
+        """The text/plain body."""
+        return preformatted(self._body(obj, "plain"), empty="(no text part)")
+
+    @admin.display(description="HTML part")
+    def html_part(self, obj: CapturedMessage) -> SafeString:
+        """The text/html body, sandboxed."""
+        return sandboxed_html(self._body(obj, "html"))
+
+    @admin.display(description="raw MIME")
+    def raw_mime(self, obj: CapturedMessage) -> SafeString:
+        """The message exactly as it would have gone out."""
+        return preformatted(obj.mime)
