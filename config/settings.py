@@ -164,6 +164,8 @@ CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Mailqueue <noreply@localhost>")
 # Ordered provider names; the first is used, later ones take over during an outage.
 EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=["capture"] if DEBUG else [])
+# Where the admin's "release" sends a captured message (default: the real providers above).
+MAILQUEUE_RELEASE_PROVIDERS = env.list("MAILQUEUE_RELEASE_PROVIDERS", default=[])
 # Settings of the `smtp` provider (django-environ email URL: smtp://, smtp+tls://, smtp+ssl://).
 MAILQUEUE_SMTP = env.email_url("EMAIL_URL", default="smtp://localhost:25")
 MAILQUEUE_SMTP_TIMEOUT = env.float("EMAIL_TIMEOUT", default=30.0)

@@ -15,6 +15,16 @@ def providers() -> list[str]:
     return [name.strip() for name in value if name.strip()]
 
 
+def release_providers() -> list[str]:
+    """Providers a captured message is released to: MAILQUEUE_RELEASE_PROVIDERS, or the real
+    (non-capture, non-console) providers of EMAIL_PROVIDERS."""
+    value = _get("MAILQUEUE_RELEASE_PROVIDERS", None)
+    if value:
+        names = value.split(",") if isinstance(value, str) else value
+        return [name.strip() for name in names if name.strip()]
+    return [name for name in providers() if name not in {"capture", "console"}]
+
+
 def smtp_settings() -> dict:
     """The `smtp` provider's settings (EMAIL_URL parsed by django-environ)."""
     return dict(_get("MAILQUEUE_SMTP", {}))

@@ -14,11 +14,13 @@ from mailqueue.services.emails import (
     BulkResult,
     attachment_decode,
     batch_create,
+    captured_message_release,
     email_cancel,
     email_create,
     email_retry,
     emails_cancel_many,
     emails_retry_many,
+    template_send_test,
 )
 from mailqueue.services.idempotency import (
     StoredResponse,
@@ -43,6 +45,7 @@ __all__ = [
     "api_key_update",
     "attachment_decode",
     "batch_create",
+    "captured_message_release",
     "email_cancel",
     "email_create",
     "email_retry",
@@ -54,4 +57,5 @@ __all__ = [
     "idempotency_complete",
     "idempotency_release",
     "request_fingerprint",
+    "template_send_test",
 ]

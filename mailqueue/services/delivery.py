@@ -15,8 +15,9 @@ from django.utils import timezone
 from mailqueue import conf
 from mailqueue.errors import DeliveryError, MailqueueError
 from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus
-from mailqueue.providers import configured_providers
+from mailqueue.providers import configured_providers, get_provider
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit, email_job_id
+from mailqueue.services.dead_letters import error_group_key
 from templates_app.rendering import RenderedContent, render_content
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
@@ -159,7 +160,11 @@ def _attempt(email: EmailJob, message: EmailMultiAlternatives, number: int) -> _
     """Try each configured provider in order until one takes the message or one refuses it."""
     outcome = _Outcome(sent=False)
     try:
-        providers = configured_providers()
+        if email.providers:
+            # This email names its own providers (a released capture, say).
+            providers = [get_provider(name) for name in email.providers]
+        else:
+            providers = configured_providers()
     except MailqueueError as exc:
         error = DeliveryError(str(exc), error_class="configuration")
         outcome.error = error
@@ -298,6 +303,8 @@ def _email_finish_failed(
         status=EmailStatus.FAILED,
         attempts=number,
         last_error=error.message[:5000],
+        error_class=error.error_class[:200],
+        error_group=error_group_key(error_class=error.error_class, message=error.message),
         **_content_fields(content),
     )
     return EmailStatus.FAILED
@@ -324,6 +331,7 @@ def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> s
             status=EmailStatus.RETRYING,
             attempts=number,
             last_error=error.message[:5000],
+            error_class=error.error_class[:200],
             next_attempt_at=next_at,
             rq_job_id=job_id,
         )

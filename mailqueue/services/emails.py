@@ -15,6 +15,7 @@ from mailqueue.errors import InvalidTransition, TemplateNotFound, ValidationFail
 from mailqueue.models import (
     ApiKey,
     Batch,
+    CapturedMessage,
     Client,
     EmailAttachment,
     EmailJob,
@@ -88,6 +89,8 @@ def email_create(
     metadata: dict | None = None,
     headers: dict | None = None,
     attachments: Iterable[AttachmentInput] = (),
+    created_by_user=None,
+    providers: Sequence[str] = (),
 ) -> EmailJob:
     """Store one email in the outbox and enqueue its delivery once the transaction commits."""
     context = context or {}
@@ -127,6 +130,8 @@ def email_create(
         text=text or "",
         send_at=send_at,
         max_attempts=conf.max_attempts(),
+        created_by_user=created_by_user,
+        providers=list(providers),
     )
     email.rq_job_id = email_job_id(email.id)
     email.save(force_insert=True)
@@ -348,4 +353,69 @@ def email_retry(*, email: EmailJob) -> EmailJob:
             "can be retried."
         )
     email.refresh_from_db()
+    return email
+
+
+# Emails made in the admin (test sends, released captures) belong to this client.
+ADMIN_CLIENT_NAME = "mailqueue-admin"
+
+
+def admin_sender_client() -> Client:
+    """The client that owns emails created from the admin."""
+    client, _ = Client.objects.get_or_create(name=ADMIN_CLIENT_NAME)
+    return client
+
+
+def template_send_test(*, template: EmailTemplate, to: str, user=None) -> EmailJob:
+    """Send a template with its sample context to one address, queued at high priority."""
+    return email_create(
+        client=admin_sender_client(),
+        to=[to],
+        template=template.slug,
+        context=template.sample_context,
+        priority=Priority.HIGH,
+        tags=["test-send"],
+        metadata={"test_send": True},
+        created_by_user=user,
+    )
+
+
+@transaction.atomic
+def captured_message_release(*, captured: CapturedMessage, user=None) -> EmailJob:
+    """Send a captured message for real: a new email with the same content, through the release
+    providers (MAILQUEUE_RELEASE_PROVIDERS or the real providers of EMAIL_PROVIDERS)."""
+    providers = conf.release_providers()
+    if not providers:
+        raise ValidationFailed(
+            "No real provider to release to: set MAILQUEUE_RELEASE_PROVIDERS or add one to "
+            "EMAIL_PROVIDERS besides capture.",
+            field="providers",
+        )
+    original = captured.email
+    if original is None:
+        raise ValidationFailed("The email this message was captured from no longer exists.")
+    email = email_create(
+        client=original.client,
+        to=original.to,
+        cc=original.cc,
+        bcc=original.bcc,
+        reply_to=original.reply_to,
+        from_email=original.from_email or None,
+        subject=original.subject,
+        html=original.html,
+        text=original.text,
+        priority=Priority.HIGH,
+        tags=original.tags,
+        metadata={**original.metadata, "released_from": str(original.pk)},
+        headers=original.headers,
+        attachments=[
+            AttachmentInput(
+                filename=item.filename, content=bytes(item.content), mimetype=item.mimetype
+            )
+            for item in original.attachments.all()
+        ],
+        created_by_user=user,
+        providers=providers,
+    )
+    CapturedMessage.objects.filter(pk=captured.pk).update(released_as=email)
     return email

@@ -16,6 +16,7 @@ from django.utils import timezone
 from mailqueue import conf
 from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus, IdempotencyRecord
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue, email_job_id, job_states
+from mailqueue.services.dead_letters import error_group_key
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
 
@@ -79,6 +80,8 @@ def _reclaim_expired_leases(result: SweepResult) -> None:
                 "status": EmailStatus.FAILED if give_up else EmailStatus.RETRYING,
                 "attempts": number,
                 "last_error": message,
+                "error_class": "lease_expired",
+                "error_group": error_group_key(error_class="lease_expired", message=message),
                 "lease_expires_at": None,
                 "next_attempt_at": None if give_up else now,
                 "rq_job_id": email_job_id(email.pk),

@@ -6,10 +6,17 @@ import pytest
 from aiosmtpd.controller import Controller
 from rq.job import Job
 
+from mailqueue.errors import ValidationFailed
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue
 from mailqueue.scheduling import connection as redis_connection
-from mailqueue.services import BatchRecipient, batch_create, email_create
+from mailqueue.services import (
+    BatchRecipient,
+    batch_create,
+    captured_message_release,
+    email_create,
+    template_send_test,
+)
 from mailqueue.tasks import deliver_emails
 from templates_app.models import EmailTemplateVersion
 from templates_app.services import template_create
@@ -374,3 +381,61 @@ def test_smtp_server_dropping_the_idle_connection_costs_no_retry(
         ["second@example.com"],
     ]
     assert len(smtp_sink.sessions) == 2
+
+
+def test_test_send_goes_through_the_queue_at_high_priority(
+    admin_user, welcome_template, smtp_sink, django_capture_on_commit_callbacks
+):
+    """A test send from the admin is a normal job: high priority, sample context, who sent it."""
+    with django_capture_on_commit_callbacks(execute=True):
+        email = template_send_test(template=welcome_template, to="qa@example.com", user=admin_user)
+
+    assert email.priority == "high"
+    assert queue_lengths()["high"] == 1
+    run_worker()
+
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+    assert email.created_by_user == admin_user
+    [received] = smtp_sink.messages
+    assert received.message["Subject"] == "Welcome, Ada!"
+
+
+def test_released_capture_is_sent_through_the_real_provider(
+    settings, issued_key, welcome_template, smtp_sink, django_capture_on_commit_callbacks
+):
+    """A message caught by `capture` is released: a new email goes out over SMTP, same content."""
+    settings.EMAIL_PROVIDERS = ["capture"]
+    settings.MAILQUEUE_RELEASE_PROVIDERS = ["smtp"]
+    with django_capture_on_commit_callbacks(execute=True):
+        original = email_create(
+            client=issued_key.api_key.client,
+            to=["ada@example.com"],
+            template="welcome",
+            context={"name": "Ada"},
+        )
+    run_worker()
+    captured = CapturedMessage.objects.get(email=original)
+    assert smtp_sink.messages == []
+
+    with django_capture_on_commit_callbacks(execute=True):
+        released = captured_message_release(captured=captured)
+    run_worker()
+
+    released.refresh_from_db()
+    assert released.status == EmailStatus.SENT
+    assert released.provider == "smtp"
+    [received] = smtp_sink.messages
+    assert received.message["Subject"] == "Welcome, Ada!"
+    captured.refresh_from_db()
+    assert captured.released_as == released
+
+
+def test_release_without_a_real_provider_is_refused(issued_key, welcome_template, settings):
+    """With only capture configured there is nowhere to release to: a clear error."""
+    settings.EMAIL_PROVIDERS = ["capture"]
+    settings.MAILQUEUE_RELEASE_PROVIDERS = []
+    captured = CapturedMessage.objects.create(message_id="x@y", from_email="a@b.c", mime="x")
+
+    with pytest.raises(ValidationFailed, match="No real provider"):
+        captured_message_release(captured=captured)
