@@ -6,6 +6,7 @@ Playwright never downloads a browser here: it launches /usr/bin/chromium (instal
 test-artifacts/<test name>/.
 """
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 # browser steps are still plain synchronous calls, so Django's async guard must stand aside.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -33,7 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ADMIN_PASSWORD = "browser-test-password"  # noqa: S105
+ADMIN_PASSWORD = "browser-test-password"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -87,10 +88,9 @@ def shots(page: Page, request, tmp_path) -> Iterator[Shots]:
     yield recorder
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
-        try:
+        # The page may be gone by now; the earlier shots are kept either way.
+        with contextlib.suppress(Exception):
             recorder.take("at-failure")
-        except Exception:  # noqa: BLE001 - the page may be gone; keep the earlier shots
-            pass
         target = ARTIFACTS / request.node.name
         shutil.rmtree(target, ignore_errors=True)
         if recorder.folder.exists():
