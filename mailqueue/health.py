@@ -6,9 +6,9 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from rq import Worker
 
 from mailqueue.scheduling import connection as redis_connection
+from mailqueue.scheduling import live_worker_count
 
 
 def _version() -> str:
@@ -31,7 +31,7 @@ def _check_redis() -> tuple[str, int | None]:
     try:
         redis = redis_connection()
         redis.ping()
-        return "ok", Worker.count(connection=redis)
+        return "ok", live_worker_count()
     except Exception as exc:
         return f"error: {type(exc).__name__}: {exc}".strip(), None
 

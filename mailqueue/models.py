@@ -153,6 +153,8 @@ class EmailJob(models.Model):
     send_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Set when a worker claims the email; only that worker may record the outcome.
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
     attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=5)
     last_error = models.TextField(blank=True, default="")

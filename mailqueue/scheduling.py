@@ -17,8 +17,10 @@ import django_rq
 from django.db import transaction
 from django.utils import timezone
 from django_rq.queues import DjangoScheduler
+from redis import Redis
 from redis.exceptions import RedisError
 from rq.job import Job
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def email_job_id(email_id: UUID) -> str:
     return f"email-{email_id.hex}"
 
 
-def connection():
+def connection() -> Redis:
     """The Redis connection the queues use."""
     return django_rq.get_connection("default")
 
@@ -132,8 +134,12 @@ def delivery_jobs_cancel(job_ids: Iterable[str]) -> None:
         logger.info("cancel of %d job(s) skipped, Redis unavailable: %s", len(job_ids), exc)
 
 
-def job_states(job_ids: Iterable[str]) -> dict[str, str | None]:
-    """RQ status of each job id (None when Redis has no such job), in one round trip."""
+# RQ job states in which a job will still run (or is running).
+LIVE_JOB_STATES = {"queued", "started", "deferred", "scheduled"}
+
+
+def jobs_alive(job_ids: Iterable[str]) -> dict[str, bool]:
+    """Whether each job will still run: it exists in Redis in a live state (one round trip)."""
     job_ids = list(dict.fromkeys(job_ids))
     if not job_ids:
         return {}
@@ -141,9 +147,22 @@ def job_states(job_ids: Iterable[str]) -> dict[str, str | None]:
     for job_id in job_ids:
         pipe.hget(Job.key_for(job_id), "status")
     return {
-        job_id: (value.decode() if isinstance(value, bytes) else value)
+        job_id: (value.decode() if isinstance(value, bytes) else value) in LIVE_JOB_STATES
         for job_id, value in zip(job_ids, pipe.execute(), strict=True)
     }
+
+
+def live_worker_count() -> int:
+    """RQ workers whose own key still exists: a killed worker's key expires, its registration
+    in `rq:workers` does not."""
+    redis = connection()
+    keys = list(redis.smembers(REDIS_WORKER_KEYS))
+    if not keys:
+        return 0
+    pipe = redis.pipeline()
+    for key in keys:
+        pipe.exists(key)
+    return sum(pipe.execute())
 
 
 def get_scheduler(interval: float = 1.0) -> "MailqueueScheduler":

@@ -39,6 +39,8 @@ ensure_postgres() {
     conf=/etc/postgresql/$version/main
     # Tests connect as postgres over TCP without a password, like CI's own server.
     as_root sed -i -E 's/^(host\s+all\s+all\s+127\.0\.0\.1\/32\s+)\S+/\1trust/; s/^(host\s+all\s+all\s+::1\/128\s+)\S+/\1trust/; s/^(local\s+all\s+postgres\s+)\S+/\1trust/' "$conf/pg_hba.conf"
+    # apt may have started the cluster already (systemd machines): make it read the new rules.
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || true
   fi
   echo "starting PostgreSQL" >&2
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start || true

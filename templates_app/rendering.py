@@ -15,6 +15,9 @@ from django.template.base import Template
 
 from mailqueue.errors import TemplateRenderError
 
+# RFC 5322's line limit, and the width of the stored subject column.
+MAX_SUBJECT_LENGTH = 998
+
 
 @dataclass(frozen=True)
 class RenderedContent:
@@ -96,13 +99,22 @@ def render_part(*, source: str, context: dict, part: str) -> str:
         ) from exc
 
 
+def render_subject(*, source: str, context: dict) -> str:
+    """Render a subject: one line (whatever the template produced is folded), at most 998 chars."""
+    rendered_subject = " ".join(render_part(source=source, context=context, part="subject").split())
+    if len(rendered_subject) > MAX_SUBJECT_LENGTH:
+        raise TemplateRenderError(
+            f"The rendered subject is {len(rendered_subject)} characters; the limit is "
+            f"{MAX_SUBJECT_LENGTH}.",
+            field="subject",
+        )
+    return rendered_subject
+
+
 def render_content(*, subject: str, html: str, text: str, context: dict) -> RenderedContent:
     """Render subject, HTML and text with one context."""
-    rendered_subject = render_part(source=subject, context=context, part="subject")
-    # A header cannot span lines: fold whatever the template produced into one line.
-    rendered_subject = " ".join(rendered_subject.split())
     return RenderedContent(
-        subject=rendered_subject,
+        subject=render_subject(source=subject, context=context),
         html=render_part(source=html, context=context, part="html") if html else "",
         text=render_part(source=text, context=context, part="text") if text else "",
     )

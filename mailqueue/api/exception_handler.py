@@ -2,7 +2,7 @@
 
 import logging
 
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 from rest_framework import status
 from rest_framework.response import Response
@@ -17,7 +17,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     """MailqueueError -> its status with field-level messages; outages -> 503; else DRF's."""
     if isinstance(exc, MailqueueError):
         return Response(exc.as_dict(), status=exc.status_code)
-    if isinstance(exc, DatabaseError):
+    # Only a lost or refused connection is an outage; any other database error is a bug (500).
+    if isinstance(exc, (OperationalError, InterfaceError)):
         logger.exception("database error while serving the API")
         return Response(
             {"detail": "The database is unavailable; nothing was changed. Try again shortly."},

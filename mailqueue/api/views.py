@@ -45,7 +45,8 @@ class ScopedApiView(APIView):
 
     def scopes_for(self, method: str) -> tuple[str, ...]:
         """Scopes that allow this method (empty: any authenticated key)."""
-        scopes = self.required_scopes.get(method, ())
+        # HEAD is a GET without the body: it needs the same scope (its Content-Length tells).
+        scopes = self.required_scopes.get("GET" if method == "HEAD" else method, ())
         return (scopes,) if isinstance(scopes, str) else scopes
 
 

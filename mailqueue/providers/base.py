@@ -4,6 +4,7 @@ import logging
 from dataclasses import dataclass, field
 
 from django.core.mail import EmailMessage
+from rq.timeouts import BaseTimeoutException
 
 from mailqueue.errors import DeliveryError
 
@@ -52,7 +53,8 @@ class Provider:
         try:
             self.open()
             return self._send(message)
-        except DeliveryError:
+        except (DeliveryError, BaseTimeoutException):
+            # A job timeout is not the provider's verdict on the message: let the worker see it.
             raise
         except Exception as exc:
             error = self._classify(exc)

@@ -5,12 +5,13 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from rq.timeouts import BaseTimeoutException
 
 from mailqueue import conf
 from mailqueue.errors import DeliveryError, MailqueueError
@@ -25,6 +26,8 @@ from tracking.services import NewEvent, events_record
 logger = logging.getLogger(__name__)
 
 CLAIMABLE = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.RETRYING)
+# email_deliver's answer when the email was taken back from this worker before it was sent.
+LEASE_LOST = "lease_lost"
 
 
 def claimable_filter(now: datetime) -> Q:
@@ -39,6 +42,8 @@ def claimable_filter(now: datetime) -> Q:
 def emails_claim(*, email_ids: list[str]) -> list[EmailJob]:
     """Move due emails among the ids to `sending` under a lease; each is claimed by one worker."""
     now = timezone.now()
+    token = uuid4()
+    lease_until = now + timedelta(seconds=conf.lease_seconds())
     with transaction.atomic():
         # SKIP LOCKED: a second worker holding the same ids skips rows being claimed right now,
         # and the status condition in the UPDATE keeps it from claiming them afterwards.
@@ -51,7 +56,8 @@ def emails_claim(*, email_ids: list[str]) -> list[EmailJob]:
             return []
         EmailJob.objects.filter(claimable_filter(now), pk__in=ids).update(
             status=EmailStatus.SENDING,
-            lease_expires_at=now + timedelta(seconds=conf.lease_seconds()),
+            lease_expires_at=lease_until,
+            claim_token=token,
             next_attempt_at=None,
             updated_at=now,
         )
@@ -61,6 +67,25 @@ def emails_claim(*, email_ids: list[str]) -> list[EmailJob]:
         .select_related("template", "template_version")
         .prefetch_related("attachments")
     )
+
+
+def email_hold_lease(*, email: EmailJob) -> bool:
+    """Whether this worker still owns a claimed email; renews the lease once half of it is used.
+
+    A chunk can take longer than one lease (a provider timing out on every email); without this,
+    the sweeper would hand an email to another worker while this one is about to send it.
+    """
+    now = timezone.now()
+    lease = timedelta(seconds=conf.lease_seconds())
+    if email.lease_expires_at and email.lease_expires_at - now > lease / 2:
+        return True
+    renewed_until = now + lease
+    renewed = EmailJob.objects.filter(
+        pk=email.pk, status=EmailStatus.SENDING, claim_token=email.claim_token
+    ).update(lease_expires_at=renewed_until)
+    if renewed:
+        email.lease_expires_at = renewed_until
+    return bool(renewed)
 
 
 def emails_not_yet_due(*, email_ids: list[str]) -> list[EmailJob]:
@@ -208,6 +233,9 @@ def email_deliver(*, email: EmailJob) -> str:
         outcome = _Outcome(sent=False, error=error)
         outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
         return _email_finish_failed(email=email, number=number, outcome=outcome, content=None)
+    if not email_hold_lease(email=email):
+        logger.warning("email %s: lease lost before sending; another worker has it", email.pk)
+        return LEASE_LOST
     outcome = _attempt(email, message, number)
     if outcome.sent:
         return _email_finish_sent(email=email, number=number, outcome=outcome, content=content)
@@ -227,9 +255,9 @@ def _finish(email: EmailJob, outcome: _Outcome, events: list[NewEvent], **fields
     """Leave `sending` and record the attempt, in one transaction; False if the lease was lost."""
     now = timezone.now()
     with transaction.atomic():
-        updated = EmailJob.objects.filter(pk=email.pk, status=EmailStatus.SENDING).update(
-            lease_expires_at=None, updated_at=now, **fields
-        )
+        updated = EmailJob.objects.filter(
+            pk=email.pk, status=EmailStatus.SENDING, claim_token=email.claim_token
+        ).update(lease_expires_at=None, claim_token=None, updated_at=now, **fields)
         # The tries happened either way; the events only if this worker still owned the email.
         DeliveryAttempt.objects.bulk_create(outcome.tries)
         if updated:
@@ -359,6 +387,7 @@ class DeliveryReport:
     retrying: int = 0
     skipped: int = 0
     rescheduled: int = 0
+    lost: int = 0
 
     def as_dict(self) -> dict:
         """Plain dict for RQ's result storage."""
@@ -373,6 +402,9 @@ def emails_deliver(*, email_ids: list[str]) -> DeliveryReport:
     for email in claimed:
         try:
             status = email_deliver(email=email)
+        except BaseTimeoutException:
+            # RQ's job timeout: stop the chunk now; unsent emails go back after their lease.
+            raise
         except Exception as exc:
             # A bug or a database hiccup on one email must not stop the rest of the chunk; the
             # email stays `sending` and the sweeper takes it back when its lease ends.
@@ -385,6 +417,8 @@ def emails_deliver(*, email_ids: list[str]) -> DeliveryReport:
             report.failed += 1
         elif status == EmailStatus.RETRYING:
             report.retrying += 1
+        elif status == LEASE_LOST:
+            report.lost += 1
     if len(claimed) < len(email_ids):
         claimed_ids = {str(email.pk) for email in claimed}
         early = emails_not_yet_due(email_ids=[i for i in email_ids if i not in claimed_ids])
@@ -394,10 +428,22 @@ def emails_deliver(*, email_ids: list[str]) -> DeliveryReport:
 
 
 def _record_crash(email: EmailJob, exc: Exception) -> None:
+    """Say on the email (and as an attempt) why its delivery crashed; the lease does the rest."""
+    message = f"worker error: {type(exc).__name__}: {exc}"[:5000]
     try:
-        EmailJob.objects.filter(pk=email.pk).update(
-            last_error=f"worker error: {type(exc).__name__}: {exc}"[:5000]
-        )
+        with transaction.atomic():
+            EmailJob.objects.filter(pk=email.pk, claim_token=email.claim_token).update(
+                last_error=message, error_class=f"{type(exc).__module__}.{type(exc).__qualname__}"
+            )
+            DeliveryAttempt.objects.create(
+                email=email,
+                number=email.attempts + 1,
+                provider="",
+                outcome=DeliveryAttempt.Outcome.TRANSIENT,
+                error_class="worker_error",
+                error_message=message,
+                started_at=timezone.now(),
+            )
     except Exception:
         logger.exception("email %s: could not record the crash", email.pk)
 
@@ -405,6 +451,11 @@ def _record_crash(email: EmailJob, exc: Exception) -> None:
 def _reschedule(emails: list[EmailJob]) -> int:
     """Put back emails whose job ran before their time (never send early)."""
     with transaction.atomic():
+        for email in emails:
+            # Point the row at its new job, or the sweeper would see the finished old one.
+            EmailJob.objects.filter(pk=email.pk, status=email.status).update(
+                rq_job_id=email_job_id(email.pk)
+            )
         deliveries_enqueue_on_commit(
             [
                 DeliveryJob(

@@ -11,7 +11,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from mailqueue import conf
-from mailqueue.errors import InvalidTransition, TemplateNotFound, ValidationFailed
+from mailqueue.errors import (
+    InvalidTransition,
+    TemplateNotFound,
+    TemplateRenderError,
+    ValidationFailed,
+)
 from mailqueue.models import (
     ApiKey,
     Batch,
@@ -30,6 +35,7 @@ from mailqueue.scheduling import (
 )
 from mailqueue.validation import address_spec, check_recipient_count
 from templates_app.models import EmailTemplate
+from templates_app.rendering import render_subject
 from templates_app.services import template_check_context, template_current_version
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
@@ -62,6 +68,17 @@ def template_get_active(*, slug: str, field: str = "template") -> EmailTemplate:
     if template is None:
         raise TemplateNotFound(f"No active template with slug '{slug}'.", field=field)
     return template
+
+
+def _accept_subject(source, context: dict, *, field: str) -> str:
+    """The subject a template renders with this context, or ValidationFailed naming `field`."""
+    try:
+        return render_subject(source=source.subject, context=context)
+    except TemplateRenderError as exc:
+        raise ValidationFailed(
+            f"The template's subject cannot be rendered with this context: {exc.message}",
+            field=field,
+        ) from None
 
 
 def _initial_status(send_at: datetime | None, now: datetime) -> str:
@@ -100,6 +117,9 @@ def email_create(
         template_obj = template_get_active(slug=template)
         template_check_context(template=template_obj, context=context)
         template_version = template_current_version(template=template_obj)
+        # The subject is rendered now: the API shows it at once, and a subject that cannot
+        # render with this context is the caller's 400, not a failure later in the worker.
+        subject = _accept_subject(template_version or template_obj, context, field="context")
     elif not subject or not (html or text):
         raise ValidationFailed(
             "Give either 'template' (with 'context') or 'subject' with 'html' and/or 'text'.",
@@ -187,13 +207,13 @@ def batch_create(
     shared_context = context or {}
     template_obj = template_get_active(slug=template)
     template_version = template_current_version(template=template_obj)
+    subjects = []
     for index, recipient in enumerate(recipients):
-        template_check_context(
-            template=template_obj,
-            context={**shared_context, **recipient.context},
-            field=f"recipients[{index}].context",
-        )
+        field = f"recipients[{index}].context"
+        merged = {**shared_context, **recipient.context}
+        template_check_context(template=template_obj, context=merged, field=field)
         check_recipient_count(to=recipient.to, cc=[], bcc=[], field=f"recipients[{index}].to")
+        subjects.append(_accept_subject(template_version or template_obj, merged, field=field))
     now = timezone.now()
     status = _initial_status(send_at, now)
     batch = Batch.objects.create(
@@ -211,7 +231,7 @@ def batch_create(
     for start in range(0, len(recipients), chunk_size):
         job_id = f"batch-{batch.id.hex}-{start // chunk_size}"
         chunk = []
-        for recipient in recipients[start : start + chunk_size]:
+        for offset, recipient in enumerate(recipients[start : start + chunk_size]):
             email = EmailJob(
                 id=uuid4(),
                 client=client,
@@ -228,6 +248,7 @@ def batch_create(
                 template=template_obj,
                 template_version=template_version,
                 context={**shared_context, **recipient.context},
+                subject=subjects[start + offset],
                 send_at=send_at,
                 max_attempts=conf.max_attempts(),
                 rq_job_id=job_id,

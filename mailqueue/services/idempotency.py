@@ -13,7 +13,7 @@ from mailqueue.errors import IdempotencyConflict, IdempotencyMismatch, Validatio
 from mailqueue.models import Client, IdempotencyRecord
 
 # A record still "in progress" after this long belongs to a request that died; take it over.
-ABANDONED_AFTER = timedelta(minutes=2)
+ABANDONED_AFTER = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,10 @@ def idempotency_begin(
     Raises IdempotencyConflict (409) while the first request is still running and
     IdempotencyMismatch (422) when the key was used with a different body.
     """
-    if not key or len(key) > 255:
+    if not key.strip() or len(key) > 255:
         raise ValidationFailed(
-            "Idempotency-Key must be 1 to 255 characters.", field="Idempotency-Key"
+            "Idempotency-Key must be 1 to 255 characters, not only spaces.",
+            field="Idempotency-Key",
         )
     now = timezone.now()
     cutoff = now - timedelta(hours=conf.idempotency_ttl_hours())

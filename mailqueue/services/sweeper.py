@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from mailqueue import conf
 from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus, IdempotencyRecord
-from mailqueue.scheduling import DeliveryJob, deliveries_enqueue, email_job_id, job_states
+from mailqueue.scheduling import DeliveryJob, deliveries_enqueue, email_job_id, jobs_alive
 from mailqueue.services.dead_letters import error_group_key
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
@@ -23,8 +23,6 @@ from tracking.services import NewEvent, events_record
 logger = logging.getLogger(__name__)
 
 WAITING = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.RETRYING)
-# RQ job states in which the job will still run (or is running).
-LIVE_JOB_STATES = {"queued", "started", "deferred", "scheduled"}
 PAGE_SIZE = 500
 MAX_PAGES = 20
 
@@ -83,6 +81,8 @@ def _reclaim_expired_leases(result: SweepResult) -> None:
                 "error_class": "lease_expired",
                 "error_group": error_group_key(error_class="lease_expired", message=message),
                 "lease_expires_at": None,
+                # The worker that held it may still be alive: it must not record an outcome.
+                "claim_token": None,
                 "next_attempt_at": None if give_up else now,
                 "rq_job_id": email_job_id(email.pk),
                 "updated_at": now,
@@ -126,11 +126,18 @@ def _reclaim_expired_leases(result: SweepResult) -> None:
         deliveries_enqueue(jobs)
 
 
+# Where the last sweep stopped scanning, so a backlog larger than one sweep's scan (far-future
+# scheduled emails, say) never hides newer emails from later sweeps. Per process; None = start.
+_resume_after: tuple | None = None
+
+
 def _requeue_lost_jobs(result: SweepResult) -> None:
     """Re-enqueue waiting emails whose RQ job is gone (Redis flushed or restarted empty)."""
+    global _resume_after
     now = timezone.now()
     settled_before = now - timedelta(seconds=conf.sweep_grace_seconds())
-    last_key = None
+    last_key = _resume_after
+    _resume_after = None
     for _ in range(MAX_PAGES):
         page = EmailJob.objects.filter(status__in=WAITING, updated_at__lt=settled_before)
         if last_key is not None:
@@ -145,12 +152,14 @@ def _requeue_lost_jobs(result: SweepResult) -> None:
         if not rows:
             break
         last_key = (rows[-1]["updated_at"], rows[-1]["pk"])
-        states = job_states(row["rq_job_id"] for row in rows if row["rq_job_id"])
-        lost = [row for row in rows if states.get(row["rq_job_id"]) not in LIVE_JOB_STATES]
+        alive = jobs_alive(row["rq_job_id"] for row in rows if row["rq_job_id"])
+        lost = [row for row in rows if not alive.get(row["rq_job_id"])]
         if lost:
             result.requeued += _requeue(lost)
         if len(rows) < PAGE_SIZE:
             break
+    else:
+        _resume_after = last_key  # more to scan: the next sweep goes on from here
 
 
 def _requeue(rows: list[dict]) -> int:

@@ -733,3 +733,80 @@ def test_methods_not_offered_are_405(api):
 
     assert api.delete(f"{EMAILS}{email_id}/").status_code == 405
     assert api.get(f"{EMAILS}{email_id}/retry/").status_code == 405
+
+
+# --- Input PostgreSQL or a header could never hold ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ('{"to": "ada@example.com", "subject": "Hi", "text": "a\\u0000b"}', "text"),
+        (
+            '{"to": "ada@example.com", "subject": "Hi", "text": "x", "metadata": {"k": "\\u0000"}}',
+            "metadata",
+        ),
+        ('{"to": "\\ud800@example.com", "subject": "Hi", "text": "x"}', "to"),
+        (
+            '{"to": "ada@example.com", "subject": "Hi", "text": "x", "headers": {"X": "\\udfff"}}',
+            "headers",
+        ),
+    ],
+)
+def test_nul_and_lone_surrogates_are_400_naming_the_field(api, raw, field):
+    """Strings PostgreSQL cannot store are refused up front, never a 500 or a fake 503."""
+    response = api.post(EMAILS, raw, content_type="application/json")
+
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not EmailJob.objects.exists()
+
+
+def test_deeply_nested_json_is_400(api):
+    """A body nested thousands of levels deep is a parse error, not a RecursionError (500)."""
+    raw = (
+        '{"to": "ada@example.com", "subject": "Hi", "text": "x", "metadata": '
+        + "[" * 5000
+        + "]" * 5000
+        + "}"
+    )
+
+    response = api.post(EMAILS, raw, content_type="application/json")
+
+    assert response.status_code == 400
+
+
+def test_head_needs_the_same_scope_as_get(db, api_for):
+    """A send-only key cannot probe the email list with HEAD."""
+    sender = api_for("sender-only", ["send"])
+
+    assert sender.head(EMAILS).status_code == 403
+
+
+def test_subject_rendering_longer_than_a_header_allows_is_400(api):
+    """A context that makes the subject longer than a header line is refused when accepted."""
+    api.post(
+        "/api/v1/templates/",
+        {"slug": "long", "name": "Long", "subject": "{{ s }}", "text": "x"},
+        format="json",
+    )
+    response = api.post(
+        EMAILS,
+        {"to": "ada@example.com", "template": "long", "context": {"s": "y" * 999}},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "subject" in response.json()["context"][0]
+    assert not EmailJob.objects.exists()
+
+
+def test_template_email_shows_its_rendered_subject_at_once(api, welcome_template):
+    """GET right after POST shows the subject as it will be sent, before any worker ran."""
+    email_id = api.post(
+        EMAILS,
+        {"to": "ada@example.com", "template": "welcome", "context": {"name": "Ada"}},
+        format="json",
+    ).json()["id"]
+
+    assert api.get(f"{EMAILS}{email_id}/").json()["subject"] == "Welcome, Ada!"

@@ -37,6 +37,17 @@ def test_live_workers_are_counted(client):
     assert body["checks"]["workers"] == 1
 
 
+def test_killed_worker_is_not_counted(client):
+    """A worker killed with -9 leaves its registration behind; once its key expires it is gone."""
+    worker = django_rq.get_worker("default")
+    worker.register_birth()
+    redis_connection().delete(worker.key)  # what the key's expiry does after a kill -9
+
+    body = client.get("/health/").json()
+
+    assert body["checks"]["workers"] == 0
+
+
 @pytest.mark.django_db
 def test_redis_down_is_503_with_the_error(client, settings):
     """With Redis unreachable: 503, status unavailable, and the Redis error spelled out."""

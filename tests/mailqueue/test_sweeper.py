@@ -17,7 +17,7 @@ from mailqueue.models import (
 from mailqueue.scheduling import connection as redis_connection
 from mailqueue.scheduling import get_scheduler
 from mailqueue.services import BatchRecipient, batch_create, email_create, emails_sweep
-from mailqueue.services.delivery import emails_claim
+from mailqueue.services.delivery import LEASE_LOST, email_deliver, emails_claim
 from tests.helpers import queue_lengths, run_worker
 from tests.live import (
     live_env,
@@ -301,3 +301,66 @@ def test_running_scheduler_sweeps_a_flushed_email_back_by_itself(issued_key, tmp
     assert email.rq_job_id.startswith("sweep-")
     assert CapturedMessage.objects.filter(email=email).count() == 1
     assert (email.sent_at - email.created_at).total_seconds() < 10
+
+
+@pytest.mark.django_db
+def test_worker_whose_lease_was_taken_back_does_not_send(smtp_sink, send):
+    """A slow worker that lost its email to the sweeper neither sends it nor records an outcome."""
+    email = send()
+    [stale] = emails_claim(email_ids=[str(email.pk)])
+    # The lease runs out while the worker is busy elsewhere; the sweeper hands the email on.
+    EmailJob.objects.filter(pk=email.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    stale.lease_expires_at = timezone.now() - timedelta(seconds=1)
+    emails_sweep()
+
+    assert email_deliver(email=stale) == LEASE_LOST
+    assert smtp_sink.messages == []
+
+    run_worker()  # the rightful owner: the job the sweeper enqueued
+
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+    assert len(smtp_sink.messages) == 1
+
+
+@pytest.mark.django_db
+def test_stale_worker_cannot_overwrite_the_new_owners_outcome(smtp_sink, send):
+    """Finishing with an old claim token changes nothing once another worker claimed the email."""
+    email = send()
+    [stale] = emails_claim(email_ids=[str(email.pk)])
+    EmailJob.objects.filter(pk=email.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    emails_sweep()
+    [owner] = emails_claim(email_ids=[str(email.pk)])
+    assert owner.claim_token != stale.claim_token
+
+    # The stale worker got as far as sending: its lease check passes (it believes half is left).
+    stale.lease_expires_at = timezone.now() + timedelta(hours=1)
+    assert email_deliver(email=stale) == EmailStatus.SENT  # it did send (at-least-once)...
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENDING  # ...but the row still belongs to the new owner
+    assert email.claim_token == owner.claim_token
+
+
+@pytest.mark.django_db
+def test_sweeps_resume_where_the_last_one_stopped(smtp_sink, no_grace, send, monkeypatch):
+    """With more waiting emails than one sweep scans, later sweeps reach the newer ones."""
+    import mailqueue.services.sweeper as sweeper
+
+    monkeypatch.setattr(sweeper, "PAGE_SIZE", 2)
+    monkeypatch.setattr(sweeper, "MAX_PAGES", 1)
+    monkeypatch.setattr(sweeper, "_resume_after", None)
+    emails = [send(to=f"user{n}@example.com") for n in range(5)]
+    redis_connection().flushdb()
+
+    requeued = [emails_sweep().requeued for _ in range(3)]
+
+    assert requeued == [2, 2, 1]
+    run_worker()
+    assert len(smtp_sink.messages) == 5
+    assert all(
+        e.status == EmailStatus.SENT for e in EmailJob.objects.filter(pk__in=[e.pk for e in emails])
+    )

@@ -276,6 +276,7 @@ def test_job_for_an_unknown_email_finishes_without_error(smtp_sink):
         "retrying": 0,
         "skipped": 1,
         "rescheduled": 0,
+        "lost": 0,
     }
     deliveries_enqueue(
         [
