@@ -1,7 +1,7 @@
 """Root URLs: admin, API, OpenAPI schema and docs, health, django-rq dashboard."""
 
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -34,14 +34,14 @@ def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
-def handler404(request: HttpRequest, exception: Exception):
+def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
     """JSON 404 under /api/, Django's page elsewhere."""
     if _is_api(request):
         return JsonResponse({"detail": "Not found."}, status=404)
     return defaults.page_not_found(request, exception)
 
 
-def handler500(request: HttpRequest):
+def handler500(request: HttpRequest) -> HttpResponse:
     """JSON 500 under /api/ (always a bug: see the logs), Django's page elsewhere."""
     if _is_api(request):
         return JsonResponse({"detail": "Internal server error."}, status=500)

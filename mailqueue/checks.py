@@ -1,13 +1,13 @@
 """System checks: refuse to run in production without a working provider configuration."""
 
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from mailqueue import conf
 
 
 @register(Tags.compatibility)
-def check_providers(app_configs, **kwargs) -> list:
+def check_providers(app_configs: object = None, **kwargs: object) -> list[CheckMessage]:
     """E001: no provider (DEBUG off); E002: unknown provider; W001: capture-only in production."""
     from mailqueue.errors import ProviderConfigurationError
     from mailqueue.providers import provider_class

@@ -1,6 +1,8 @@
 """The RQ worker class Mailqueue runs (settings.RQ['WORKER_CLASS'])."""
 
 from django.db import close_old_connections, connection
+from rq.job import Job
+from rq.queue import Queue
 from rq.worker import SimpleWorker
 
 from mailqueue.providers import close_all
@@ -14,7 +16,7 @@ class MailqueueWorker(SimpleWorker):
     per job.
     """
 
-    def execute_job(self, job, queue):
+    def execute_job(self, job: Job, queue: Queue) -> None:
         """Drop a dead or stale database connection before each job, as Django does per request."""
         if not connection.in_atomic_block:
             close_old_connections()

@@ -1,9 +1,15 @@
 """Reads of stored templates."""
 
+import difflib
+import json
+from dataclasses import dataclass
+from typing import Any
+
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
 from templates_app.models import EmailTemplate, EmailTemplateVersion
+from templates_app.services import CONTENT_FIELDS
 
 
 def _versions() -> Prefetch:
@@ -26,3 +32,88 @@ def template_get(*, slug: str) -> EmailTemplate:
     if template is None:
         raise Http404(f"No template with slug '{slug}'.")
     return template
+
+
+def template_version_list(*, template: EmailTemplate) -> QuerySet[EmailTemplateVersion]:
+    """A template's versions, newest first, without their content."""
+    return (
+        EmailTemplateVersion.objects.filter(template=template)
+        .only("template_id", "number", "created_by", "created_at")
+        .order_by("-number")
+    )
+
+
+@dataclass(frozen=True)
+class DiffLine:
+    """One line of a unified diff: kind is "hunk", "removed", "added" or "context"."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """The diff of one content field between an old version and the current content."""
+
+    name: str
+    changed: bool
+    lines: tuple[DiffLine, ...]
+
+
+@dataclass(frozen=True)
+class TemplateVersionDiff:
+    """What differs between one version of a template and its current content."""
+
+    version: EmailTemplateVersion
+    current_number: int
+    fields: tuple[FieldDiff, ...]
+
+    @property
+    def changed(self) -> bool:
+        """True when restoring the version would change the template."""
+        return any(field.changed for field in self.fields)
+
+
+DIFF_KINDS = {"@": "hunk", "-": "removed", "+": "added", " ": "context"}
+
+
+def _diffable(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    # Sorted keys: the same context stored with keys in another order is not a change.
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _diff_line(line: str) -> DiffLine:
+    kind = DIFF_KINDS[line[:1]]
+    # A hunk header ("@@ -1,3 +1,4 @@") is shown whole; other lines without their marker.
+    return DiffLine(kind=kind, text=line if kind == "hunk" else line[1:])
+
+
+def _field_diff(name: str, old: Any, new: Any) -> FieldDiff:
+    old_text, new_text = _diffable(old), _diffable(new)
+    # The file headers (---/+++) are dropped: the page names both sides once for every field.
+    lines = list(
+        difflib.unified_diff(old_text.splitlines(), new_text.splitlines(), lineterm="", n=3)
+    )[2:]
+    return FieldDiff(
+        name=name,
+        # Compared on the values, not the lines: a change of line endings alone still counts.
+        changed=old_text != new_text,
+        lines=tuple(_diff_line(line) for line in lines),
+    )
+
+
+def template_version_diff(*, template: EmailTemplate, number: int) -> TemplateVersionDiff:
+    """Each content field of version `number` diffed against the current content, or 404."""
+    version = EmailTemplateVersion.objects.filter(template=template, number=number).first()
+    if version is None:
+        raise Http404(f"Template '{template.slug}' has no version {number}.")
+    return TemplateVersionDiff(
+        version=version,
+        current_number=template.version,
+        fields=tuple(
+            _field_diff(name, getattr(version, name), getattr(template, name))
+            for name in CONTENT_FIELDS
+        ),
+    )

@@ -1,8 +1,11 @@
 """Writes and checks for stored templates."""
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from django.db import transaction
 
-from mailqueue.errors import ValidationFailed
+from mailqueue.errors import TemplateRenderError, ValidationFailed
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.rendering import RenderedContent, compile_part, render_content
 
@@ -107,3 +110,56 @@ def template_delete(*, template: EmailTemplate) -> None:
         template.save(update_fields=["is_active", "updated_at"])
     else:
         template.delete()
+
+
+@dataclass(frozen=True)
+class TemplatePreview:
+    """Unsaved sources rendered for the editor: each part's output, or the error that stopped it."""
+
+    # None for a part that failed: its error is in `errors` under the part's name.
+    subject: str | None
+    html: str | None
+    text: str | None
+    errors: dict[str, str]
+    warnings: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every part rendered."""
+        return not self.errors
+
+
+def template_preview(
+    *, subject: str, html: str, text: str, context: dict, variables: Sequence[str] = ()
+) -> TemplatePreview:
+    """Render unsaved sources; errors and missing variables are reported, never raised."""
+    missing = [name for name in variables if name not in context]
+    warnings = (
+        (
+            "The sample context is incomplete: it lacks the required variable(s) "
+            f"{', '.join(missing)}; the preview renders them as empty.",
+        )
+        if missing
+        else ()
+    )
+    sources = {"subject": subject, "html": html, "text": text}
+    errors: dict[str, str] = {}
+    # render_content stops at the first part that fails: render again without that part, so
+    # the editor gets every other part's output and each broken part's own error at once.
+    while True:
+        try:
+            content = render_content(context=context, **sources)
+        except TemplateRenderError as exc:
+            if exc.field not in sources or exc.field in errors:
+                raise  # an empty part cannot fail; retrying would loop forever
+            errors[exc.field] = exc.message
+            sources[exc.field] = ""
+        else:
+            break
+    return TemplatePreview(
+        subject=None if "subject" in errors else content.subject,
+        html=None if "html" in errors else content.html,
+        text=None if "text" in errors else content.text,
+        errors=errors,
+        warnings=warnings,
+    )

@@ -41,6 +41,24 @@ def events_record(*, events: Iterable[NewEvent]) -> list[TrackingEvent]:
     return TrackingEvent.objects.bulk_create(rows, batch_size=500)
 
 
-def event_record(**kwargs) -> TrackingEvent:
-    """Write one event (same fields as NewEvent)."""
-    return events_record(events=[NewEvent(**kwargs)])[0]
+def event_record(
+    *,
+    email_id: UUID,
+    event_type: str,
+    provider: str = "",
+    recipient: str = "",
+    description: str = "",
+    data: dict | None = None,
+    occurred_at: datetime | None = None,
+) -> TrackingEvent:
+    """Write one event."""
+    event = NewEvent(
+        email_id=email_id,
+        event_type=event_type,
+        provider=provider,
+        recipient=recipient,
+        description=description,
+        data=data or {},
+        occurred_at=occurred_at,
+    )
+    return events_record(events=[event])[0]

@@ -8,6 +8,8 @@ from mailqueue.services.api_keys import ALL_SCOPES
 
 
 class Command(BaseCommand):
+    """Create an API key for a client and print it once."""
+
     help = "Create an API key for a client (created if needed). The key is shown only once."
 
     def add_arguments(self, parser) -> None:

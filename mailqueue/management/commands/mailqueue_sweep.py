@@ -6,6 +6,8 @@ from mailqueue.services import emails_sweep
 
 
 class Command(BaseCommand):
+    """Run one sweeper pass."""
+
     help = "Re-enqueue emails whose job Redis lost and take back expired sending leases, once."
 
     def handle(self, *args, **options) -> None:

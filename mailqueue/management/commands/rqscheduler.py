@@ -11,6 +11,8 @@ from mailqueue.scheduling import get_scheduler
 
 
 class Command(BaseCommand):
+    """Run rq-scheduler with a 1 s interval and the sweeper."""
+
     help = "Run the scheduler: delayed sends, retries with backoff, and the stuck-email sweeper."
 
     def add_arguments(self, parser) -> None:

@@ -11,6 +11,8 @@ from templates_app.services import template_create, template_update
 
 
 class Command(BaseCommand):
+    """Load the templates shipped in fixtures/templates/."""
+
     help = "Create the default templates that are missing (--update also overwrites existing ones)."
 
     def add_arguments(self, parser) -> None:
