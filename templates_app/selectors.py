@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
+from mailqueue.errors import TemplateNotFound
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.services import CONTENT_FIELDS
 
@@ -117,3 +118,11 @@ def template_version_diff(*, template: EmailTemplate, number: int) -> TemplateVe
             for name in CONTENT_FIELDS
         ),
     )
+
+
+def template_get_active(*, slug: str, field: str = "template") -> EmailTemplate:
+    """The active template with this slug, or TemplateNotFound naming the field."""
+    template = EmailTemplate.objects.filter(slug=slug, is_active=True).first()
+    if template is None:
+        raise TemplateNotFound(f"No active template with slug '{slug}'.", field=field)
+    return template

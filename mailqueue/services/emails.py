@@ -13,7 +13,6 @@ from django.utils import timezone
 from mailqueue import conf
 from mailqueue.errors import (
     InvalidTransition,
-    TemplateNotFound,
     TemplateRenderError,
     ValidationFailed,
 )
@@ -36,6 +35,7 @@ from mailqueue.scheduling import (
 from mailqueue.validation import address_spec, check_recipient_count
 from templates_app.models import EmailTemplate
 from templates_app.rendering import render_subject
+from templates_app.selectors import template_get_active
 from templates_app.services import template_check_context, template_current_version
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
@@ -60,14 +60,6 @@ def attachment_decode(*, filename: str, content: str, mimetype: str, field: str)
     except (binascii.Error, ValueError):
         raise ValidationFailed("Attachment content must be base64.", field=field) from None
     return AttachmentInput(filename=filename, content=raw, mimetype=mimetype)
-
-
-def template_get_active(*, slug: str, field: str = "template") -> EmailTemplate:
-    """The active template with this slug, or TemplateNotFound naming the field."""
-    template = EmailTemplate.objects.filter(slug=slug, is_active=True).first()
-    if template is None:
-        raise TemplateNotFound(f"No active template with slug '{slug}'.", field=field)
-    return template
 
 
 def _accept_subject(source, context: dict, *, field: str) -> str:
