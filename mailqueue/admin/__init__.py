@@ -1,3 +1,3 @@
-"""Admin for emails, batches, clients, API keys and the capture inbox (one module each)."""
+"""Admin for emails, batches, clients, API keys, the capture inbox and the home dashboard."""
 
-from mailqueue.admin import batches, capture, emails, keys  # noqa: F401
+from mailqueue.admin import batches, capture, dashboard, emails, keys  # noqa: F401

@@ -7,11 +7,14 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage as MimeMessage
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
-from django.urls import reverse
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.views.decorators.http import require_POST
 
 from mailqueue.admin.common import ReadOnlyAdminMixin
 from mailqueue.admin.utils import (
@@ -19,16 +22,25 @@ from mailqueue.admin.utils import (
     preformatted,
     sandboxed_html,
 )
+from mailqueue.errors import ValidationFailed
 from mailqueue.models import (
     CapturedMessage,
 )
+from mailqueue.services import captured_message_release
 
 
 @admin.register(CapturedMessage)
 class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """The capture inbox: what the `capture` provider would have sent, exactly as MIME."""
 
-    list_display = ("created_at", "to_display", "subject_display", "from_email", "email_link")
+    list_display = (
+        "created_at",
+        "to_display",
+        "subject_display",
+        "from_email",
+        "email_link",
+        "released_as_link",
+    )
     list_display_links = ("created_at", "subject_display")
     # A dev inbox, small enough for icontains; `to` is a JSON list, searched as text.
     search_fields = ("subject", "to")
@@ -43,6 +55,7 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
         "to_display",
         "subject_display",
         "email_link",
+        "released_as_link",
         "headers_display",
         "text_part",
         "html_part",
@@ -56,6 +69,59 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
         """The inbox list."""
         extra_context = {"title": "Capture inbox", **(extra_context or {})}
         return super().changelist_view(request, extra_context)
+
+    def get_urls(self) -> list:
+        """The default URLs plus the POST-only release of one message."""
+        info = self.opts.app_label, self.opts.model_name
+        custom = [
+            path(
+                "<path:object_id>/release/",
+                self.admin_site.admin_view(self.release_view),
+                name="{}_{}_release".format(*info),
+            )
+        ]
+        return custom + super().get_urls()
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The message, with the release button for users who may send."""
+        extra_context = {
+            "can_release": self.has_change_permission(request),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def release_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Send a captured message through the real provider (POST), as a new email."""
+        return require_POST(self._release)(request, object_id)
+
+    def _release(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        captured = self.get_object(request, unquote(object_id))
+        if captured is None:
+            raise Http404("No such captured message.")
+        try:
+            email = captured_message_release(captured=captured, user=request.user)
+        except ValidationFailed as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request,
+                format_html(
+                    'Released: queued as <a href="{}">a new email to {}</a>.',
+                    reverse("admin:mailqueue_emailjob_change", args=[email.pk]),
+                    email.recipient,
+                ),
+            )
+        return HttpResponseRedirect(
+            reverse("admin:mailqueue_capturedmessage_change", args=[captured.pk])
+        )
 
     def _parsed(self, obj: CapturedMessage) -> MimeMessage:
         # One parse per request per message, shared by the header and body fields.
@@ -93,6 +159,17 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
             '<a href="{}">{}</a>',
             reverse("admin:mailqueue_emailjob_change", args=[obj.email_id]),
             obj.email_id,
+        )
+
+    @admin.display(description="released as")
+    def released_as_link(self, obj: CapturedMessage) -> SafeString | str:
+        """The email that sent this message for real, once it has been released."""
+        if not obj.released_as_id:
+            return "-"
+        return format_html(
+            '<a class="released-as" href="{}">{}</a>',
+            reverse("admin:mailqueue_emailjob_change", args=[obj.released_as_id]),
+            obj.released_as_id,
         )
 
     @admin.display(description="headers")

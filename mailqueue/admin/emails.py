@@ -14,12 +14,21 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import validate_email
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import path, reverse
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
-from mailqueue.admin.common import EMAIL_LIST_DEFERRED, ReadOnlyAdminMixin, email_changelist_url
+from mailqueue.admin.common import (
+    EMAIL_LIST_DEFERRED,
+    ReadOnlyAdminMixin,
+    cancel_report,
+    email_changelist_url,
+    emails_bulk_apply,
+    retry_report,
+)
+from mailqueue.admin.dead_letters import DeadLettersAdminMixin
 from mailqueue.admin.utils import (
     EstimatedCountPaginator,
     LightChangeListMixin,
@@ -35,6 +44,12 @@ from mailqueue.models import (
     DeliveryAttempt,
     EmailJob,
     EmailStatus,
+)
+from mailqueue.selectors import (
+    dead_letter_group_get,
+    email_get_for_timeline,
+    email_origin,
+    email_timeline,
 )
 from mailqueue.services import (
     email_cancel,
@@ -71,6 +86,28 @@ class EmailTemplateFilter(admin.SimpleListFilter):
         if not value.isdigit():
             return queryset.none()
         return queryset.filter(template_id=int(value))
+
+
+class ErrorGroupFilter(admin.SimpleListFilter):
+    """Emails of one dead-letter group: a URL parameter set by the dead-letters page.
+
+    There can be thousands of groups, so the sidebar lists only the one in use.
+    """
+
+    title = "dead-letter group"
+    parameter_name = "error_group"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        """The group being filtered on, if any."""
+        value = self.value()
+        return [] if value is None else [(value, "this group")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        """Emails whose error fingerprint is the group's key."""
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(error_group=value)
 
 
 class DeliveryAttemptInline(admin.TabularInline):
@@ -133,7 +170,9 @@ class TrackingEventInline(admin.TabularInline):
 
 
 @admin.register(EmailJob)
-class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class EmailJobAdmin(
+    DeadLettersAdminMixin, LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
     """The outbox: filters and search that use indexes, read-only detail, retry and cancel."""
 
     list_display = (
@@ -153,6 +192,7 @@ class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "priority",
         EmailTemplateFilter,
         ("created_at", admin.DateFieldListFilter),
+        ErrorGroupFilter,
     )
     # Sorting by any other column would sort millions of rows; created_at has an index.
     sortable_by = ("created_at",)
@@ -191,6 +231,7 @@ class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
                 "fields": (
                     "priority",
                     "template",
+                    "template_version_link",
                     "batch_link",
                     "client_link",
                     "api_key_link",
@@ -246,9 +287,15 @@ class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         return queryset.filter(recipient__startswith=term.lower()), False
 
     def get_urls(self) -> list:
-        """The default URLs plus POST-only retry and cancel of one email."""
+        """The default URLs plus the timeline, POST-only retry and cancel, and dead letters."""
         info = self.opts.app_label, self.opts.model_name
         custom = [
+            *self.dead_letter_urls(),
+            path(
+                "<path:object_id>/timeline/",
+                self.admin_site.admin_view(self.timeline_view),
+                name="{}_{}_timeline".format(*info),
+            ),
             path(
                 "<path:object_id>/retry/",
                 self.admin_site.admin_view(self.retry_view),
@@ -265,8 +312,11 @@ class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        """The list, naming the batch when it is filtered by one."""
+        """The list, naming the batch or the dead-letter group it is filtered by."""
         extra_context = {"title": "Emails", **(extra_context or {})}
+        error_group = request.GET.get(ErrorGroupFilter.parameter_name)
+        if error_group is not None:
+            extra_context["filtered_group"] = dead_letter_group_get(error_group=error_group)
         batch_id = request.GET.get("batch__id__exact")
         if batch_id:
             # A malformed id is reported by the change list itself (it cannot filter by it).
@@ -290,6 +340,30 @@ class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             extra_context["can_retry"] = email.status in RETRYABLE
             extra_context["can_cancel"] = email.status in CANCELLABLE
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Everything that happened to one email, in order, with the message as it went out."""
+        try:
+            email_id = uuid.UUID(unquote(object_id))
+        except ValueError:
+            raise Http404("No such email.") from None
+        email = email_get_for_timeline(email_id=email_id)
+        if email is None:
+            raise Http404("No such email.")
+        if not self.has_view_permission(request, email):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": email,
+            "title": f"Timeline of the email to {email.recipient}",
+            "email": email,
+            "origin": email_origin(email=email),
+            "entries": email_timeline(email=email),
+            "template_version": self.template_version_link(email),
+            "content": self.content_display(email),
+        }
+        return TemplateResponse(request, "admin/mailqueue/emailjob/timeline.html", context)
 
     def _transition_view(self, request: HttpRequest, object_id: str, service: Any) -> HttpResponse:
         if not self.has_change_permission(request):
@@ -316,30 +390,21 @@ class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.action(description="Retry selected emails", permissions=["change"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Retry the failed and cancelled emails among the selection, 1000 at a time."""
-        changed = skipped = 0
-        for chunk in pk_chunks(queryset):
-            result = emails_retry_many(email_ids=chunk)
-            changed += result.changed
-            skipped += result.skipped
+        outcome = emails_bulk_apply(pk_chunks(queryset), emails_retry_many)
         self.message_user(
             request,
-            f"Retried {changed} email(s); skipped {skipped} that were not failed or cancelled.",
-            messages.SUCCESS if changed else messages.WARNING,
+            retry_report(outcome),
+            messages.SUCCESS if outcome.changed else messages.WARNING,
         )
 
     @admin.action(description="Cancel selected emails", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Cancel the scheduled, queued and retrying emails among the selection, 1000 at a time."""
-        changed = skipped = 0
-        for chunk in pk_chunks(queryset):
-            result = emails_cancel_many(email_ids=chunk)
-            changed += result.changed
-            skipped += result.skipped
+        outcome = emails_bulk_apply(pk_chunks(queryset), emails_cancel_many)
         self.message_user(
             request,
-            f"Cancelled {changed} email(s); skipped {skipped} that were not scheduled, queued "
-            "or retrying.",
-            messages.SUCCESS if changed else messages.WARNING,
+            cancel_report(outcome),
+            messages.SUCCESS if outcome.changed else messages.WARNING,
         )
 
     @admin.display(description="subject")
@@ -423,6 +488,23 @@ class EmailJobAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         """Attachment names and types (without loading their content)."""
         rows = obj.attachments.values_list("filename", "mimetype")
         return format_html_join(", ", "{} ({})", rows) or "-"
+
+    @admin.display(description="template version")
+    def template_version_link(self, obj: EmailJob) -> SafeString | str:
+        """The exact template version the email is rendered with, linked to the template."""
+        version = obj.template_version
+        if version is None:
+            if obj.template_id:
+                return admin_change_link(
+                    obj.template, f"{obj.template.slug} (version not recorded)"
+                )
+            return "none (raw content)"
+        try:
+            # A page of its own for versions, where the templates admin has one.
+            url = reverse("admin:templates_app_emailtemplateversion_change", args=[version.pk])
+        except NoReverseMatch:
+            url = reverse("admin:templates_app_emailtemplate_change", args=[version.template_id])
+        return format_html('<a href="{}">{} v{}</a>', url, version.template.slug, version.number)
 
     @admin.display(description="content")
     def content_display(self, obj: EmailJob) -> SafeString:

@@ -297,8 +297,10 @@ def test_retry_and_cancel_actions_change_statuses_and_report_counts(admin_client
         {"action": "retry_selected", "_selected_action": [str(e.pk) for e in everything]},
         follow=True,
     )
-    assert "Retried 3 email(s); skipped 2 that were not failed or cancelled." in page_messages(
-        response
+    # Skipped emails are counted by the status that kept them from being retried.
+    assert (
+        "Retried 3 email(s); skipped 2 that were not failed or cancelled (1 queued, 1 sent)."
+        in page_messages(response)
     )
     statuses = dict(EmailJob.objects.values_list("pk", "status"))
     assert [statuses[e.pk] for e in everything] == ["queued"] * 3 + ["sent", "queued"]
@@ -315,6 +317,33 @@ def test_retry_and_cancel_actions_change_statuses_and_report_counts(admin_client
     )
     assert EmailJob.objects.filter(status="cancelled").count() == 4
     assert EmailJob.objects.get(pk=sent.pk).status == EmailStatus.SENT
+
+
+def test_retry_action_on_thousands_of_emails_runs_a_few_statements_per_chunk(
+    admin_client, client_row, django_assert_max_num_queries
+):
+    """ "Select all" over 2,500 failed emails: set-based chunks of 1000, not a query per email."""
+    EmailJob.objects.bulk_create(
+        EmailJob(
+            client=client_row,
+            to=[f"bulk{i}@example.com"],
+            recipient=f"bulk{i}@example.com",
+            status=EmailStatus.FAILED if i % 10 else EmailStatus.SENT,
+        )
+        for i in range(2500)
+    )
+    any_pk = str(EmailJob.objects.values_list("pk", flat=True).first())
+    with django_assert_max_num_queries(120):
+        response = admin_client.post(
+            reverse(CHANGELIST),
+            {"action": "retry_selected", "select_across": "1", "_selected_action": [any_pk]},
+            follow=True,
+        )
+    assert (
+        "Retried 2250 email(s); skipped 250 that were not failed or cancelled (250 sent)."
+        in page_messages(response)
+    )
+    assert EmailJob.objects.filter(status=EmailStatus.QUEUED).count() == 2250
 
 
 def test_actions_walk_the_selection_by_key_while_it_changes(client_row):
@@ -543,6 +572,61 @@ def test_capture_inbox_lists_searches_and_shows_a_message(admin_client, client_r
     assert "Content-Type: multipart/alternative" in page  # the raw MIME
     assert reverse("admin:mailqueue_emailjob_change", args=[email.pk]) in page
     assert admin_client.get(reverse("admin:mailqueue_capturedmessage_add")).status_code == 403
+
+
+def captured_message(client: Client) -> CapturedMessage:
+    """A message the capture provider kept."""
+    email = email_create(client=client, to=["yan@example.com"], subject="Hi Yan", text="Hello")
+    emails_deliver(email_ids=[str(email.pk)])
+    return CapturedMessage.objects.get(email=email)
+
+
+def test_capture_release_sends_a_new_email_through_the_real_provider(
+    admin_client, admin_user, client_row, settings
+):
+    """The release button queues a copy for the release providers and links to it."""
+    settings.EMAIL_PROVIDERS = ["capture"]
+    settings.MAILQUEUE_RELEASE_PROVIDERS = ["console"]
+    captured = captured_message(client_row)
+    detail_url = reverse("admin:mailqueue_capturedmessage_change", args=[captured.pk])
+    release_url = reverse("admin:mailqueue_capturedmessage_release", args=[captured.pk])
+
+    page = admin_client.get(detail_url).content.decode()
+    assert f'<form method="post" action="{release_url}">' in page
+    assert 'id="capture-release-button"' in page
+    assert admin_client.get(release_url).status_code == 405
+
+    response = admin_client.post(release_url, follow=True)
+    released = EmailJob.objects.exclude(pk=captured.email_id).get()
+    assert released.providers == ["console"]
+    assert released.created_by_user == admin_user
+    assert (released.subject, released.text, released.to) == (
+        "Hi Yan",
+        "Hello",
+        ["yan@example.com"],
+    )
+    assert released.status == EmailStatus.QUEUED
+    email_url = reverse("admin:mailqueue_emailjob_change", args=[released.pk])
+    assert f'Released: queued as <a href="{email_url}">' in response.content.decode()
+    # The message now says where it went.
+    assert f'<a class="released-as" href="{email_url}">{released.pk}</a>' in (
+        admin_client.get(detail_url).content.decode()
+    )
+
+
+def test_capture_release_without_a_real_provider_shows_why(admin_client, client_row, settings):
+    """With only the capture provider configured, releasing explains what to set."""
+    settings.EMAIL_PROVIDERS = ["capture"]
+    settings.MAILQUEUE_RELEASE_PROVIDERS = []
+    captured = captured_message(client_row)
+
+    response = admin_client.post(
+        reverse("admin:mailqueue_capturedmessage_release", args=[captured.pk]), follow=True
+    )
+    assert "No real provider to release to" in " ".join(page_messages(response))
+    assert EmailJob.objects.count() == 1
+    captured.refresh_from_db()
+    assert captured.released_as is None
 
 
 # --- Other pages ------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""The dead-letters page: failed emails grouped by the shape of their error, retried per group.
+
+Emails still being retried are grouped the same way, so a cause that will never go away can be
+cancelled before every email exhausts its attempts.
+"""
+
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.views.decorators.http import require_POST
+
+from mailqueue.admin.common import (
+    cancel_report,
+    email_changelist_url,
+    emails_bulk_apply,
+    retry_report,
+)
+from mailqueue.admin.utils import ACTION_CHUNK_SIZE, pk_chunks
+from mailqueue.models import EmailStatus
+from mailqueue.selectors import (
+    DEAD_LETTER_GROUPS_SHOWN,
+    dead_letter_groups,
+    failed_emails_in_group,
+    retrying_group_email_ids,
+    retrying_groups,
+)
+from mailqueue.services import emails_cancel_many, emails_retry_many
+
+
+class DeadLettersAdminMixin:
+    """Adds `dead-letters/` and its two POST actions to the email admin."""
+
+    def dead_letter_urls(self) -> list:
+        """The page and its POST-only group actions."""
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "dead-letters/",
+                self.admin_site.admin_view(self.dead_letters_view),
+                name="{}_{}_dead_letters".format(*info),
+            ),
+            path(
+                "dead-letters/retry/",
+                self.admin_site.admin_view(self.dead_letters_retry_view),
+                name="{}_{}_dead_letters_retry".format(*info),
+            ),
+            path(
+                "dead-letters/cancel/",
+                self.admin_site.admin_view(self.dead_letters_cancel_view),
+                name="{}_{}_dead_letters_cancel".format(*info),
+            ),
+        ]
+
+    def dead_letters_view(self, request: HttpRequest) -> HttpResponse:
+        """Failed emails by error group, then retrying emails by error."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        failed = dead_letter_groups()
+        retrying = retrying_groups()
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Dead letters",
+            "failed_groups": [
+                (
+                    group,
+                    email_changelist_url(status__exact=EmailStatus.FAILED, error_group=group.key),
+                )
+                for group in failed
+            ],
+            "failed_groups_capped": len(failed) >= DEAD_LETTER_GROUPS_SHOWN,
+            "groups_shown": DEAD_LETTER_GROUPS_SHOWN,
+            "retrying": retrying,
+            "retrying_list_url": email_changelist_url(status__exact=EmailStatus.RETRYING),
+            "can_act": self.has_change_permission(request),
+        }
+        return TemplateResponse(request, "admin/mailqueue/emailjob/dead_letters.html", context)
+
+    def _group_key(self, request: HttpRequest) -> str:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        return request.POST.get("error_group", "").strip()
+
+    def _back_to_dead_letters(self) -> HttpResponseRedirect:
+        info = self.opts.app_label, self.opts.model_name
+        return HttpResponseRedirect(reverse("admin:{}_{}_dead_letters".format(*info)))
+
+    @staticmethod
+    def _message_level(changed: int) -> int:
+        return messages.SUCCESS if changed else messages.WARNING
+
+    def dead_letters_retry_view(self, request: HttpRequest) -> HttpResponse:
+        """Queue every failed email of one group again (POST), through emails_retry_many."""
+        return require_POST(self._retry_group)(request)
+
+    def _retry_group(self, request: HttpRequest) -> HttpResponse:
+        key = self._group_key(request)
+        outcome = emails_bulk_apply(
+            pk_chunks(failed_emails_in_group(error_group=key)), emails_retry_many
+        )
+        self.message_user(request, retry_report(outcome), self._message_level(outcome.changed))
+        return self._back_to_dead_letters()
+
+    def dead_letters_cancel_view(self, request: HttpRequest) -> HttpResponse:
+        """Cancel every retrying email of one group (POST), through emails_cancel_many."""
+        return require_POST(self._cancel_group)(request)
+
+    def _cancel_group(self, request: HttpRequest) -> HttpResponse:
+        key = self._group_key(request)
+        ids = retrying_group_email_ids(error_group=key)
+        chunks = (
+            ids[start : start + ACTION_CHUNK_SIZE]
+            for start in range(0, len(ids), ACTION_CHUNK_SIZE)
+        )
+        outcome = emails_bulk_apply(chunks, emails_cancel_many)
+        self.message_user(request, cancel_report(outcome), self._message_level(outcome.changed))
+        return self._back_to_dead_letters()
