@@ -330,6 +330,8 @@ def emails_retry_many(*, email_ids: Iterable[UUID]) -> BulkResult:
                 lease_expires_at=None,
                 attempts=0,
                 last_error="",
+                error_class="",
+                error_group="",
                 rq_job_id=job_id,
                 updated_at=now,
             )

@@ -2,8 +2,8 @@
 
 Playwright never downloads a browser here: it launches /usr/bin/chromium (installed by
 `make test` through scripts/ensure_browser.sh). Every step of a test can be photographed with
-`shots.take("name")`; when a test fails, its screenshots are kept under
-test-artifacts/<test name>/.
+`shots.take("name")`; when a test fails (or KEEP_SCREENSHOTS=1 is set), its screenshots are
+kept under test-artifacts/<test name>/.
 """
 
 import contextlib
@@ -87,10 +87,12 @@ def shots(page: Page, request, tmp_path) -> Iterator[Shots]:
     recorder = Shots(page, tmp_path / "shots")
     yield recorder
     report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
+    failed = report is not None and report.failed
+    if failed or os.environ.get("KEEP_SCREENSHOTS"):
         # The page may be gone by now; the earlier shots are kept either way.
-        with contextlib.suppress(Exception):
-            recorder.take("at-failure")
+        if failed:
+            with contextlib.suppress(Exception):
+                recorder.take("at-failure")
         target = ARTIFACTS / request.node.name
         shutil.rmtree(target, ignore_errors=True)
         if recorder.folder.exists():

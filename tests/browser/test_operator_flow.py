@@ -28,12 +28,13 @@ def create_template(page: Page, live_server, shots) -> None:
     page.fill("#id_html", "<p>Hello <b>{{ name }}</b>, it ships today.</p>")
     expect(page.locator("#template-preview-subject")).to_have_text("Your parcel, Ada")
     expect(page.locator("#template-preview-text")).to_contain_text("Hello Ada, it ships today.")
+    html = page.frame_locator("#template-preview-html")
+    expect(html.locator("b")).to_have_text("Ada")
     shots.take("preview-first-draft")
 
     # Keep typing: the preview follows without saving.
     page.fill("#id_subject", "Your parcel is on its way, {{ name }}")
     expect(page.locator("#template-preview-subject")).to_have_text("Your parcel is on its way, Ada")
-    html = page.frame_locator("#template-preview-html")
     expect(html.locator("b")).to_have_text("Ada")
 
     # A mistake shows up inline, with its line, before any save.
@@ -70,3 +71,44 @@ def test_template_to_test_send_to_capture_inbox(logged_in, live_server, shots):
     expect(page.locator("body")).to_contain_text("qa@example.com")
     email.refresh_from_db()
     assert email.status == EmailStatus.SENT
+
+
+def test_failure_found_in_dead_letters_and_retried_after_the_fix(
+    logged_in, live_server, shots, smtp_sink
+):
+    """An email the SMTP server refuses (550) fails, shows up in dead letters, and once the
+    cause is fixed, "retry all in this group" gets it sent."""
+    page = logged_in
+    smtp_sink.rcpt_replies["bounce@example.com"] = "550 5.1.1 No such user"
+    create_template(page, live_server, shots)
+
+    page.fill("#test-send-to", "bounce@example.com")
+    page.click("#test-send-button")
+    expect(page.locator(".messagelist")).to_contain_text("bounce@example.com")
+    run_worker()
+    email = EmailJob.objects.get(to=["bounce@example.com"])
+    assert email.status == EmailStatus.FAILED
+
+    page.goto(f"{live_server.url}/admin/mailqueue/emailjob/")
+    page.click("#dead-letters-link")
+    group = page.locator(f"#dead-letter-{email.error_group}")
+    expect(group).to_contain_text("550 5.1.1 No such user")
+    expect(group).to_contain_text("SMTPRecipientsRefused")
+    shots.take("dead-letters")
+
+    # The cause is fixed (the mailbox exists now); retry the whole group.
+    del smtp_sink.rcpt_replies["bounce@example.com"]
+    group.locator("button.dead-letter-retry").click()
+    expect(page.locator(".messagelist")).to_contain_text("Retried 1 email")
+    shots.take("group-retried")
+    run_worker()
+
+    page.goto(f"{live_server.url}/admin/mailqueue/emailjob/{email.pk}/change/")
+    expect(page.locator("body")).to_contain_text("sent")
+    page.click("#email-timeline-link")
+    expect(page.locator("body")).to_contain_text("550 5.1.1 No such user")
+    expect(page.frame_locator("iframe[sandbox]").first.locator("b")).to_have_text("Ada")
+    shots.take("timeline")
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["bounce@example.com"]]
