@@ -190,6 +190,12 @@ class EmailJob(models.Model):
                 name="email_failed_group",
                 condition=models.Q(status="failed"),
             ),
+            # One dead-letter group's emails in the list's newest-first order.
+            models.Index(
+                fields=["error_group", "-created_at", "-id"],
+                name="email_failed_group_created",
+                condition=models.Q(status="failed"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -37,6 +37,8 @@ class TrackingEvent(models.Model):
         ordering = ["occurred_at", "id"]
         indexes = [
             models.Index(fields=["email", "occurred_at"], name="tracking_email_time"),
+            # The admin's newest-first list: without it, every page sorts the whole table.
+            models.Index(fields=["-occurred_at", "-id"], name="tracking_time"),
             models.Index(fields=["event_type", "occurred_at"], name="tracking_type_time"),
         ]
 
