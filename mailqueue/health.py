@@ -7,8 +7,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from mailqueue.scheduling import connection as redis_connection
-from mailqueue.scheduling import live_worker_count
+from mailqueue.scheduling import live_worker_count, monitoring_connection
 
 
 def _version() -> str:
@@ -29,9 +28,9 @@ def _check_database() -> str:
 
 def _check_redis() -> tuple[str, int | None]:
     try:
-        redis = redis_connection()
+        redis = monitoring_connection()
         redis.ping()
-        return "ok", live_worker_count()
+        return "ok", live_worker_count(redis=redis)
     except Exception as exc:
         return f"error: {type(exc).__name__}: {exc}".strip(), None
 

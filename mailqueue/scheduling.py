@@ -14,11 +14,13 @@ from datetime import datetime
 from uuid import UUID
 
 import django_rq
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django_rq.queues import DjangoScheduler
 from redis import Redis
 from redis.exceptions import RedisError
+from rq import Queue
 from rq.job import Job
 from rq.worker_registration import REDIS_WORKER_KEYS
 
@@ -152,10 +154,42 @@ def jobs_alive(job_ids: Iterable[str]) -> dict[str, bool]:
     }
 
 
-def live_worker_count() -> int:
+def monitoring_connection() -> Redis:
+    """A Redis client with short timeouts, for health checks and dashboards: a Redis that
+    accepts connections but does not answer must not hang an operator's page."""
+    url = settings.RQ_QUEUES["default"]["URL"]
+    return Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What is waiting in Redis, and who works on it."""
+
+    depths: dict[str, int]
+    scheduled: int
+    workers: int
+
+
+def queue_stats(*, queue_names: Iterable[str] = ("high", "default", "low")) -> QueueStats:
+    """Jobs waiting per queue, jobs held by the scheduler, live workers (raises RedisError)."""
+    redis = monitoring_connection()
+    names = list(queue_names)
+    pipe = redis.pipeline()
+    for name in names:
+        pipe.llen(f"{Queue.redis_queue_namespace_prefix}{name}")
+    pipe.zcard(DjangoScheduler.scheduled_jobs_key)
+    *depths, scheduled = pipe.execute()
+    return QueueStats(
+        depths=dict(zip(names, depths, strict=True)),
+        scheduled=scheduled,
+        workers=live_worker_count(redis=redis),
+    )
+
+
+def live_worker_count(*, redis: Redis | None = None) -> int:
     """RQ workers whose own key still exists: a killed worker's key expires, its registration
     in `rq:workers` does not."""
-    redis = connection()
+    redis = redis or connection()
     keys = list(redis.smembers(REDIS_WORKER_KEYS))
     if not keys:
         return 0

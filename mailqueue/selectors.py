@@ -5,14 +5,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-import django_rq
 from django.db import connection
 from django.db.models import Count, Max, Min, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncHour
 from django.http import Http404
 from django.utils import timezone
 from redis.exceptions import RedisError
-from rq import Worker
 
 from mailqueue import scheduling
 from mailqueue.models import Batch, Client, DeliveryAttempt, EmailJob, EmailStatus
@@ -391,15 +389,9 @@ def retrying_groups(*, limit_rows: int = RETRYING_ROWS_EXAMINED) -> RetryingGrou
     return RetryingGroups(groups=groups, examined=len(rows), truncated=truncated)
 
 
-def retrying_group_email_ids(
-    *, error_group: str, limit_rows: int = RETRYING_ROWS_EXAMINED
-) -> list[UUID]:
-    """Ids of the retrying emails (among those `retrying_groups` examines) in one group."""
-    return [
-        row["pk"]
-        for row in _recent_retrying_rows(limit_rows)
-        if error_group_key(error_class=row["error_class"], message=row["last_error"]) == error_group
-    ]
+def retrying_emails_in_group(*, error_group: str) -> QuerySet[EmailJob]:
+    """Every retrying email of one error group (the key is stored at each failed attempt)."""
+    return EmailJob.objects.filter(status=EmailStatus.RETRYING, error_group=error_group)
 
 
 def email_status_counts(*, email_ids: Iterable[UUID]) -> dict[str, int]:
@@ -444,11 +436,14 @@ class DashboardStats:
     failed_last_hour: int
     failed_last_day: int
     hourly: list[HourBucket] = field(default_factory=list)
+    oldest_due_scheduled_at: datetime | None = None
 
     @property
     def oldest_waiting_at(self) -> datetime | None:
-        """When the email waiting longest (queued, or a retry whose time has come) began to."""
-        moments = [m for m in (self.oldest_queued_at, self.oldest_due_retry_at) if m is not None]
+        """When the email waiting longest (queued, or a retry or a scheduled send whose time has
+        come) began to."""
+        candidates = (self.oldest_queued_at, self.oldest_due_retry_at, self.oldest_due_scheduled_at)
+        moments = [m for m in candidates if m is not None]
         return min(moments) if moments else None
 
     @property
@@ -465,17 +460,11 @@ class DashboardStats:
 
 def _redis_stats() -> tuple[dict[str, int | None], int | None, int | None, str]:
     """Queue depths, scheduled jobs and live workers, or Nones and the error if Redis is down."""
-    depths: dict[str, int | None] = dict.fromkeys(DASHBOARD_QUEUES)
     try:
-        for name in DASHBOARD_QUEUES:
-            depths[name] = len(django_rq.get_queue(name))
-        redis = scheduling.connection()
-        scheduled = redis.zcard(scheduling.get_scheduler().scheduled_jobs_key)
-        workers = Worker.count(connection=redis)
+        stats = scheduling.queue_stats(queue_names=DASHBOARD_QUEUES)
     except (RedisError, OSError) as exc:
-        # The first failure stops the rest: each call would wait for its own connect timeout.
         return dict.fromkeys(DASHBOARD_QUEUES), None, None, f"{type(exc).__name__}: {exc}"
-    return depths, scheduled, workers, ""
+    return dict(stats.depths), stats.scheduled, stats.workers, ""
 
 
 def _event_counts(event_type: str, *, now: datetime) -> tuple[int, int]:
@@ -538,6 +527,10 @@ def dashboard_stats(*, now: datetime | None = None) -> DashboardStats:
     oldest_retry = EmailJob.objects.filter(
         status=EmailStatus.RETRYING, next_attempt_at__lte=now
     ).aggregate(oldest=Min("next_attempt_at"))["oldest"]
+    # A scheduled email past its send_at is waiting too (say, while no scheduler runs).
+    oldest_scheduled = EmailJob.objects.filter(
+        status=EmailStatus.SCHEDULED, send_at__lte=now
+    ).aggregate(oldest=Min("send_at"))["oldest"]
     sent_hour, sent_day = _event_counts(EventType.SENT, now=now)
     failed_hour, failed_day = _event_counts(EventType.FAILED, now=now)
     return DashboardStats(
@@ -548,6 +541,7 @@ def dashboard_stats(*, now: datetime | None = None) -> DashboardStats:
         redis_error=redis_error,
         oldest_queued_at=oldest_queued,
         oldest_due_retry_at=oldest_retry,
+        oldest_due_scheduled_at=oldest_scheduled,
         sent_last_hour=sent_hour,
         sent_last_day=sent_day,
         failed_last_hour=failed_hour,

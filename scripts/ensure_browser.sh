@@ -2,7 +2,8 @@
 # Make sure Debian's Chromium is installed for the browser tests (Playwright drives it; it never
 # downloads a browser of its own).
 set -euo pipefail
-command -v chromium >/dev/null && exit 0
+# The path the browser tests launch (tests/browser/conftest.py; CHROMIUM_PATH overrides it).
+[ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] && exit 0
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi; }
 echo "chromium not found: installing Debian's chromium package with apt-get" >&2
 export DEBIAN_FRONTEND=noninteractive

@@ -93,7 +93,9 @@ def template_restore(
         )
     return template_update(
         template=template,
-        created_by=created_by or f"restore of v{number}",
+        created_by=f"{created_by} (restore of v{number})"
+        if created_by
+        else f"restore of v{number}",
         **{name: getattr(version, name) for name in CONTENT_FIELDS},
     )
 

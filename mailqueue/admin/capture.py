@@ -22,7 +22,7 @@ from mailqueue.admin.utils import (
     preformatted,
     sandboxed_html,
 )
-from mailqueue.errors import ValidationFailed
+from mailqueue.errors import InvalidTransition, ValidationFailed
 from mailqueue.models import (
     CapturedMessage,
 )
@@ -89,9 +89,11 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        """The message, with the release button for users who may send."""
+        """The message, with the release button for users who may send (until it is released)."""
+        captured = self.get_object(request, unquote(object_id))
+        released = captured is not None and captured.released_as_id is not None
         extra_context = {
-            "can_release": self.has_change_permission(request),
+            "can_release": self.has_change_permission(request) and not released,
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra_context)
@@ -108,7 +110,7 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
             raise Http404("No such captured message.")
         try:
             email = captured_message_release(captured=captured, user=request.user)
-        except ValidationFailed as exc:
+        except (ValidationFailed, InvalidTransition) as exc:
             messages.error(request, exc.message)
         else:
             messages.success(
@@ -135,7 +137,12 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
         part = self._parsed(obj).get_body(preferencelist=(subtype,))
         if part is None or part.get_content_subtype() != subtype:
             return ""
-        return part.get_content()
+        try:
+            return part.get_content()
+        except (LookupError, UnicodeError):
+            # An unknown or wrong charset: show the bytes as UTF-8 rather than fail the page.
+            payload = part.get_payload(decode=True) or b""
+            return payload.decode("utf-8", errors="replace")
 
     @admin.display(description="subject")
     def subject_display(self, obj: CapturedMessage) -> str:

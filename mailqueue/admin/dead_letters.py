@@ -19,13 +19,13 @@ from mailqueue.admin.common import (
     emails_bulk_apply,
     retry_report,
 )
-from mailqueue.admin.utils import ACTION_CHUNK_SIZE, pk_chunks
+from mailqueue.admin.utils import pk_chunks
 from mailqueue.models import EmailStatus
 from mailqueue.selectors import (
     DEAD_LETTER_GROUPS_SHOWN,
     dead_letter_groups,
     failed_emails_in_group,
-    retrying_group_email_ids,
+    retrying_emails_in_group,
     retrying_groups,
 )
 from mailqueue.services import emails_cancel_many, emails_retry_many
@@ -111,11 +111,8 @@ class DeadLettersAdminMixin:
 
     def _cancel_group(self, request: HttpRequest) -> HttpResponse:
         key = self._group_key(request)
-        ids = retrying_group_email_ids(error_group=key)
-        chunks = (
-            ids[start : start + ACTION_CHUNK_SIZE]
-            for start in range(0, len(ids), ACTION_CHUNK_SIZE)
+        outcome = emails_bulk_apply(
+            pk_chunks(retrying_emails_in_group(error_group=key)), emails_cancel_many
         )
-        outcome = emails_bulk_apply(chunks, emails_cancel_many)
         self.message_user(request, cancel_report(outcome), self._message_level(outcome.changed))
         return self._back_to_dead_letters()

@@ -360,6 +360,7 @@ def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> s
             attempts=number,
             last_error=error.message[:5000],
             error_class=error.error_class[:200],
+            error_group=error_group_key(error_class=error.error_class, message=error.message),
             next_attempt_at=next_at,
             rq_job_id=job_id,
         )

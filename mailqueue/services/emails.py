@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID, uuid4
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
@@ -98,7 +99,7 @@ def email_create(
     metadata: dict | None = None,
     headers: dict | None = None,
     attachments: Iterable[AttachmentInput] = (),
-    created_by_user=None,
+    created_by_user: AbstractBaseUser | None = None,
     providers: Sequence[str] = (),
 ) -> EmailJob:
     """Store one email in the outbox and enqueue its delivery once the transaction commits."""
@@ -381,7 +382,9 @@ def admin_sender_client() -> Client:
     return client
 
 
-def template_send_test(*, template: EmailTemplate, to: str, user=None) -> EmailJob:
+def template_send_test(
+    *, template: EmailTemplate, to: str, user: AbstractBaseUser | None = None
+) -> EmailJob:
     """Send a template with its sample context to one address, queued at high priority."""
     return email_create(
         client=admin_sender_client(),
@@ -396,9 +399,15 @@ def template_send_test(*, template: EmailTemplate, to: str, user=None) -> EmailJ
 
 
 @transaction.atomic
-def captured_message_release(*, captured: CapturedMessage, user=None) -> EmailJob:
+def captured_message_release(
+    *, captured: CapturedMessage, user: AbstractBaseUser | None = None
+) -> EmailJob:
     """Send a captured message for real: a new email with the same content, through the release
     providers (MAILQUEUE_RELEASE_PROVIDERS or the real providers of EMAIL_PROVIDERS)."""
+    # Lock the capture: a double click must not send the real email twice.
+    captured = CapturedMessage.objects.select_for_update().get(pk=captured.pk)
+    if captured.released_as_id:
+        raise InvalidTransition("This message was already released.")
     providers = conf.release_providers()
     if not providers:
         raise ValidationFailed(

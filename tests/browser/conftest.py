@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# Playwright's sync API runs an event loop in this thread; the ORM calls the tests make between
-# browser steps are still plain synchronous calls, so Django's async guard must stand aside.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 from playwright.sync_api import Browser, Page, sync_playwright
+
+# Playwright's sync API keeps an event loop running in this thread from the first browser test
+# on; the ORM calls tests (and pytest-django's database fixtures) make between browser steps are
+# still plain synchronous calls, so Django's async guard must stand aside in this process. It
+# has to be process-wide: the database fixtures run outside any one test's fixtures.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -86,8 +87,11 @@ def shots(page: Page, request, tmp_path) -> Iterator[Shots]:
     """Step screenshots; copied to test-artifacts/<test>/ (plus a final one) on failure."""
     recorder = Shots(page, tmp_path / "shots")
     yield recorder
-    report = getattr(request.node, "report_call", None)
-    failed = report is not None and report.failed
+    # A failure in the test body, or in a fixture set up after this one (logging in, say).
+    failed = any(
+        getattr(getattr(request.node, f"report_{phase}", None), "failed", False)
+        for phase in ("setup", "call")
+    )
     if failed or os.environ.get("KEEP_SCREENSHOTS"):
         # The page may be gone by now; the earlier shots are kept either way.
         if failed:

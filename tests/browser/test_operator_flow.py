@@ -104,7 +104,7 @@ def test_failure_found_in_dead_letters_and_retried_after_the_fix(
     run_worker()
 
     page.goto(f"{live_server.url}/admin/mailqueue/emailjob/{email.pk}/change/")
-    expect(page.locator("body")).to_contain_text("sent")
+    expect(page.locator(".field-status .readonly")).to_have_text("Sent")
     page.click("#email-timeline-link")
     expect(page.locator("body")).to_contain_text("550 5.1.1 No such user")
     expect(page.frame_locator("iframe[sandbox]").first.locator("b")).to_have_text("Ada")

@@ -653,3 +653,21 @@ def test_tracking_events_list_is_read_only(admin_client, client_row):
     assert len(listed(response)) == 1
     assert reverse("admin:mailqueue_emailjob_change", args=[email.pk]) in response.content.decode()
     assert admin_client.get(reverse("admin:tracking_trackingevent_add")).status_code == 403
+
+
+def test_capture_with_an_unknown_charset_still_shows(admin_client, db):
+    """A captured message whose charset Python does not know is shown, not a 500."""
+    mime = (
+        "From: a@example.com\nTo: b@example.com\nSubject: Odd\nMIME-Version: 1.0\n"
+        'Content-Type: text/plain; charset="x-unknown"\n\nHello odd charset\n'
+    )
+    captured = CapturedMessage.objects.create(
+        message_id="odd@example.com", from_email="a@example.com", to=["b@example.com"], mime=mime
+    )
+
+    response = admin_client.get(
+        reverse("admin:mailqueue_capturedmessage_change", args=[captured.pk])
+    )
+
+    assert response.status_code == 200
+    assert "Hello odd charset" in response.content.decode()

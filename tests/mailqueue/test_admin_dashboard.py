@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from mailqueue.models import Client, EmailJob, EmailStatus
+from mailqueue.scheduling import connection as redis_connection
 from mailqueue.selectors import dashboard_stats
 from mailqueue.services import email_create
 from tracking.models import TrackingEvent
@@ -189,3 +190,34 @@ def test_staff_without_email_permission_get_no_dashboard(client, db):
     client.login(username="plain", password="pw")
     page = client.get(reverse("admin:index")).content.decode()
     assert 'id="dashboard"' not in page
+
+
+@pytest.mark.django_db
+def test_killed_worker_is_not_alive_on_the_dashboard():
+    """A worker killed with -9 stays registered in RQ; the dashboard counts only live ones."""
+    worker = django_rq.get_worker("default")
+    worker.register_birth()
+    assert dashboard_stats().workers == 1
+
+    redis_connection().delete(worker.key)  # what the key's expiry does after a kill -9
+
+    assert dashboard_stats().workers == 0
+
+
+@pytest.mark.django_db
+def test_scheduled_email_past_its_time_counts_as_waiting(issued_key):
+    """With no scheduler running, an overdue scheduled email is the oldest waiting one."""
+    email = email_create(
+        client=issued_key.api_key.client,
+        to=["ada@example.com"],
+        subject="Hi",
+        text="Hello",
+        send_at=timezone.now() + timedelta(hours=1),
+    )
+    due = timezone.now() - timedelta(minutes=10)
+    EmailJob.objects.filter(pk=email.pk).update(send_at=due)
+
+    stats = dashboard_stats()
+
+    assert stats.oldest_waiting_at == due
+    assert 590 < stats.oldest_waiting_seconds < 700

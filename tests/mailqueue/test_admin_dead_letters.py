@@ -169,6 +169,8 @@ def make_retrying(client: Client, address: str, message: str) -> EmailJob:
         status=EmailStatus.RETRYING,
         attempts=2,
         error_class="smtplib.SMTPServerDisconnected",
+        # The worker stores the group key at every failed attempt (as delivery.py does).
+        error_group=error_group_key(error_class="smtplib.SMTPServerDisconnected", message=message),
         last_error=message,
         next_attempt_at=timezone.now() + timedelta(minutes=5),
     )

@@ -6,7 +6,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from rq.job import Job
 
-from mailqueue.errors import ValidationFailed
+from mailqueue.errors import InvalidTransition, ValidationFailed
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue
 from mailqueue.scheduling import connection as redis_connection
@@ -440,3 +440,23 @@ def test_release_without_a_real_provider_is_refused(issued_key, welcome_template
 
     with pytest.raises(ValidationFailed, match="No real provider"):
         captured_message_release(captured=captured)
+
+
+def test_captured_message_is_released_only_once(
+    settings, issued_key, welcome_template, django_capture_on_commit_callbacks
+):
+    """A second release of the same capture (a double click) is refused, nothing sent twice."""
+    settings.EMAIL_PROVIDERS = ["capture"]
+    settings.MAILQUEUE_RELEASE_PROVIDERS = ["console"]
+    with django_capture_on_commit_callbacks(execute=True):
+        original = email_create(
+            client=issued_key.api_key.client, to=["ada@example.com"], subject="Hi", text="x"
+        )
+    run_worker()
+    captured = CapturedMessage.objects.get(email=original)
+    captured_message_release(captured=captured)
+
+    with pytest.raises(InvalidTransition, match="already released"):
+        captured_message_release(captured=captured)
+
+    assert EmailJob.objects.filter(metadata__released_from=str(original.pk)).count() == 1

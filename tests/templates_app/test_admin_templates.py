@@ -371,7 +371,7 @@ def test_restore_makes_an_old_version_current_as_a_new_version(
     )
     assert edited_template.sample_context == {"name": "Ada"}
     restored = EmailTemplateVersion.objects.get(template=edited_template, number=4)
-    assert restored.created_by == f"admin user {admin_user.get_username()}"
+    assert restored.created_by == f"admin user {admin_user.get_username()} (restore of v1)"
     assert EmailTemplateVersion.objects.filter(template=edited_template).count() == 4
 
 

@@ -80,5 +80,5 @@ def test_restore_brings_back_old_content_as_a_new_version(api):
     assert template.version == 3
     assert template.html == "<p>v1 {{ number }}</p>"
     latest = EmailTemplateVersion.objects.get(template=template, number=3)
-    assert latest.created_by == "admin user ada"
+    assert latest.created_by == "admin user ada (restore of v1)"
     assert latest.html == template.html
