@@ -7,7 +7,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from mailqueue.scheduling import live_worker_count, monitoring_connection
+from mailqueue.scheduling import connection as redis_connection
+from mailqueue.scheduling import live_worker_count
 
 
 def _version() -> str:
@@ -28,7 +29,7 @@ def _check_database() -> str:
 
 def _check_redis() -> tuple[str, int | None]:
     try:
-        redis = monitoring_connection()
+        redis = redis_connection()
         redis.ping()
         return "ok", live_worker_count(redis=redis)
     except Exception as exc:

@@ -47,9 +47,27 @@ def email_job_id(email_id: UUID) -> str:
     return f"email-{email_id.hex}"
 
 
+# Seconds a Redis command may take before it fails. Enqueueing runs at the end of API requests
+# and in the scheduler: a Redis that accepts connections but stalls must fail them quickly (the
+# email is already safe in PostgreSQL; the sweeper enqueues it later), not hang them. Workers
+# block on their queues through RQ's own connection, which this does not touch.
+COMMAND_TIMEOUT_SECONDS = 5
+_clients: dict[str, Redis] = {}
+
+
 def connection() -> Redis:
-    """The Redis connection the queues use."""
-    return django_rq.get_connection("default")
+    """The Redis the queues live in, with short timeouts (one client per URL and process)."""
+    url = settings.RQ_QUEUES["default"]["URL"]
+    client = _clients.get(url)
+    if client is None:
+        client = Redis.from_url(
+            url,
+            socket_timeout=COMMAND_TIMEOUT_SECONDS,
+            socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
+            health_check_interval=30,
+        )
+        _clients[url] = client
+    return client
 
 
 def _unix_ceil(moment: datetime) -> int:
@@ -81,10 +99,12 @@ def deliveries_enqueue(jobs: Iterable[DeliveryJob]) -> None:
         }
         if job.run_at is None or job.run_at <= now:
             due.setdefault(job.priority, []).append(
-                django_rq.get_queue(job.priority).prepare_data(DELIVER_FUNC, **kwargs)
+                django_rq.get_queue(job.priority, connection=redis).prepare_data(
+                    DELIVER_FUNC, **kwargs
+                )
             )
         else:
-            scheduler = scheduler or get_scheduler()
+            scheduler = scheduler or get_scheduler(connection=redis)
             rq_job = scheduler._create_job(
                 DELIVER_FUNC,
                 args=kwargs["args"],
@@ -98,7 +118,7 @@ def deliveries_enqueue(jobs: Iterable[DeliveryJob]) -> None:
             rq_job.save(pipeline=pipe)
             pipe.zadd(scheduler.scheduled_jobs_key, {job.job_id: _unix_ceil(job.run_at)})
     for priority, datas in due.items():
-        django_rq.get_queue(priority).enqueue_many(datas, pipeline=pipe)
+        django_rq.get_queue(priority, connection=redis).enqueue_many(datas, pipeline=pipe)
     pipe.execute()
 
 
@@ -154,13 +174,6 @@ def jobs_alive(job_ids: Iterable[str]) -> dict[str, bool]:
     }
 
 
-def monitoring_connection() -> Redis:
-    """A Redis client with short timeouts, for health checks and dashboards: a Redis that
-    accepts connections but does not answer must not hang an operator's page."""
-    url = settings.RQ_QUEUES["default"]["URL"]
-    return Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-
 @dataclass(frozen=True)
 class QueueStats:
     """What is waiting in Redis, and who works on it."""
@@ -172,7 +185,7 @@ class QueueStats:
 
 def queue_stats(*, queue_names: Iterable[str] = ("high", "default", "low")) -> QueueStats:
     """Jobs waiting per queue, jobs held by the scheduler, live workers (raises RedisError)."""
-    redis = monitoring_connection()
+    redis = connection()
     names = list(queue_names)
     pipe = redis.pipeline()
     for name in names:
@@ -199,9 +212,9 @@ def live_worker_count(*, redis: Redis | None = None) -> int:
     return sum(pipe.execute())
 
 
-def get_scheduler(interval: float = 1.0) -> "MailqueueScheduler":
+def get_scheduler(interval: float = 1.0, connection: Redis | None = None) -> "MailqueueScheduler":
     """The rq-scheduler instance used for delayed sends and retries."""
-    return django_rq.get_scheduler("default", interval=interval)
+    return django_rq.get_scheduler("default", interval=interval, connection=connection)
 
 
 class MailqueueScheduler(DjangoScheduler):

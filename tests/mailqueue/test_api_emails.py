@@ -810,3 +810,36 @@ def test_template_email_shows_its_rendered_subject_at_once(api, welcome_template
     ).json()["id"]
 
     assert api.get(f"{EMAILS}{email_id}/").json()["subject"] == "Welcome, Ada!"
+
+
+def test_stalled_redis_does_not_hang_the_request(
+    api, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Redis accepts connections but never answers: the email is still accepted, quickly."""
+    import socket
+    import time
+
+    import mailqueue.scheduling as scheduling
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel completes connections; nobody ever reads or answers
+    port = listener.getsockname()[1]
+    monkeypatch.setattr(scheduling, "COMMAND_TIMEOUT_SECONDS", 0.5)
+    settings.RQ_QUEUES = {
+        name: {**config, "URL": f"redis://127.0.0.1:{port}/0"}
+        for name, config in settings.RQ_QUEUES.items()
+    }
+    try:
+        started = time.monotonic()
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post(
+                EMAILS, {"to": "ada@example.com", "subject": "Hi", "text": "x"}, format="json"
+            )
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+
+    assert response.status_code == 202
+    assert EmailJob.objects.get().status == EmailStatus.QUEUED  # the sweeper enqueues it later
+    assert elapsed < 5
