@@ -25,6 +25,11 @@ def release_providers() -> list[str]:
     return [name for name in providers() if name not in {"capture", "console"}]
 
 
+def provider_cooldown_seconds() -> float:
+    """How long a worker skips a provider after an outage (connection refused, timeout, 5xx)."""
+    return float(_get("MAILQUEUE_PROVIDER_COOLDOWN_SECONDS", 30))
+
+
 def smtp_settings() -> dict:
     """The `smtp` provider's settings (EMAIL_URL parsed by django-environ)."""
     return dict(_get("MAILQUEUE_SMTP", {}))

@@ -59,7 +59,17 @@ class DeliveryError(MailqueueError):
 
     transient = True
 
-    def __init__(self, message: str, *, error_class: str = "", transient: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_class: str = "",
+        transient: bool = True,
+        outage: bool = False,
+    ) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.transient = transient
+        # The provider itself is unreachable or unusable (not just this message): skip it for a
+        # while instead of paying its timeout for every email.
+        self.outage = outage

@@ -1,5 +1,7 @@
 """Provider registry: names from EMAIL_PROVIDERS to one long-lived instance per process."""
 
+import time
+
 from mailqueue import conf
 from mailqueue.errors import ProviderConfigurationError
 from mailqueue.providers.anymail_esp import AnymailProvider, is_anymail_esp
@@ -16,6 +18,8 @@ PROVIDER_CLASSES: dict[str, type[Provider]] = {
 }
 
 _instances: dict[str, Provider] = {}
+# Provider name -> monotonic time until which it is skipped after an outage (per process).
+_cooling_until: dict[str, float] = {}
 
 
 def provider_class(name: str) -> type[Provider]:
@@ -49,8 +53,26 @@ def configured_providers() -> list[Provider]:
     return [get_provider(name) for name in names]
 
 
+def provider_report_outage(name: str) -> None:
+    """Skip this provider for MAILQUEUE_PROVIDER_COOLDOWN_SECONDS: it is unreachable or unusable,
+    and every email would otherwise wait for its timeout before failing over."""
+    _cooling_until[name] = time.monotonic() + conf.provider_cooldown_seconds()
+
+
+def provider_report_success(name: str) -> None:
+    """The provider works (again)."""
+    _cooling_until.pop(name, None)
+
+
+def providers_in_service(providers: list[Provider]) -> list[Provider]:
+    """The providers not cooling down after an outage, in their configured order."""
+    now = time.monotonic()
+    return [provider for provider in providers if _cooling_until.get(provider.name, 0) <= now]
+
+
 def close_all() -> None:
-    """Close every open provider connection (worker shutdown, tests)."""
+    """Close every open provider connection and forget outages (worker shutdown, tests)."""
     for provider in _instances.values():
         provider.close()
     _instances.clear()
+    _cooling_until.clear()

@@ -5,7 +5,6 @@ from importlib import import_module
 from anymail.exceptions import (
     AnymailAPIError,
     AnymailConfigurationError,
-    AnymailError,
     AnymailInvalidAddress,
     AnymailRecipientsRefused,
     AnymailSerializationError,
@@ -93,7 +92,9 @@ class AnymailProvider(Provider):
 
     def _classify(self, exc: Exception) -> DeliveryError:
         if isinstance(exc, ProviderConfigurationError):
-            return DeliveryError(str(exc), error_class=type(exc).__name__, transient=True)
+            return DeliveryError(
+                str(exc), error_class=type(exc).__name__, transient=True, outage=True
+            )
         if isinstance(
             exc,
             (
@@ -105,11 +106,11 @@ class AnymailProvider(Provider):
         ):
             return delivery_error(exc, transient=False)
         if isinstance(exc, AnymailAPIError):
-            return delivery_error(exc, transient=_api_error_is_transient(exc))
-        if isinstance(exc, AnymailError):
-            return delivery_error(exc, transient=True)
+            transient = _api_error_is_transient(exc)
+            # Every transient ESP answer (5xx, 429, bad key, no answer) is about the ESP.
+            return delivery_error(exc, transient=transient, outage=transient)
         # Anything else (a network error escaping the ESP client) is worth another try.
-        return delivery_error(exc, transient=True)
+        return delivery_error(exc, transient=True, outage=True)
 
 
 def _api_error_is_transient(exc: AnymailAPIError) -> bool:

@@ -81,10 +81,13 @@ def _error_class(exc: Exception) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
-def delivery_error(exc: Exception, *, transient: bool, message: str | None = None) -> DeliveryError:
+def delivery_error(
+    exc: Exception, *, transient: bool, message: str | None = None, outage: bool = False
+) -> DeliveryError:
     """Build a DeliveryError that keeps the original exception's class name."""
     return DeliveryError(
         message or str(exc) or type(exc).__name__,
         error_class=_error_class(exc),
         transient=transient,
+        outage=outage,
     )

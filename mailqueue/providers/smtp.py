@@ -97,12 +97,12 @@ class SmtpProvider(Provider):
             )
         if isinstance(exc, smtplib.SMTPAuthenticationError):
             # Bad credentials are the provider's problem, not the message's: try another.
-            return delivery_error(exc, transient=True, message=_smtp_reply(exc))
+            return delivery_error(exc, transient=True, message=_smtp_reply(exc), outage=True)
         if isinstance(exc, smtplib.SMTPResponseException):
             return delivery_error(exc, transient=exc.smtp_code < 500, message=_smtp_reply(exc))
         if isinstance(exc, (smtplib.SMTPException, OSError)):
-            # Disconnects, refused connections, timeouts, TLS failures.
-            return delivery_error(exc, transient=True)
+            # Disconnects, refused connections, timeouts, TLS failures: the server is out of reach.
+            return delivery_error(exc, transient=True, outage=True)
         return delivery_error(exc, transient=False)
 
 

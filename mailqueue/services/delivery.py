@@ -16,7 +16,13 @@ from rq.timeouts import BaseTimeoutException
 from mailqueue import conf
 from mailqueue.errors import DeliveryError, MailqueueError
 from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus
-from mailqueue.providers import configured_providers, get_provider
+from mailqueue.providers import (
+    configured_providers,
+    get_provider,
+    provider_report_outage,
+    provider_report_success,
+    providers_in_service,
+)
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit, email_job_id
 from mailqueue.services.dead_letters import error_group_key
 from templates_app.rendering import RenderedContent, render_content
@@ -190,12 +196,25 @@ def _attempt(email: EmailJob, message: EmailMultiAlternatives, number: int) -> _
             providers = [get_provider(name) for name in email.providers]
         else:
             providers = configured_providers()
+        usable = providers_in_service(providers)
+        if not usable:
+            # Every provider had an outage moments ago: wait for the retry instead of paying
+            # each one's timeout again for every email of the chunk.
+            raise DeliveryError(
+                "Every provider is cooling down after an outage: "
+                + ", ".join(provider.name for provider in providers),
+                error_class="providers_unavailable",
+            )
     except MailqueueError as exc:
-        error = DeliveryError(str(exc), error_class="configuration")
+        error = (
+            exc
+            if isinstance(exc, DeliveryError)
+            else DeliveryError(str(exc), error_class="configuration")
+        )
         outcome.error = error
         outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
         return outcome
-    for provider in providers:
+    for provider in usable:
         started = timezone.now()
         clock = time.monotonic()
         try:
@@ -203,6 +222,8 @@ def _attempt(email: EmailJob, message: EmailMultiAlternatives, number: int) -> _
         except DeliveryError as exc:
             outcome.provider, outcome.error = provider.name, exc
             outcome.tries.append(_try_row(email, number, provider.name, started, clock, exc))
+            if exc.outage:
+                provider_report_outage(provider.name)
             if not exc.transient:
                 break
             logger.warning(
@@ -213,6 +234,7 @@ def _attempt(email: EmailJob, message: EmailMultiAlternatives, number: int) -> _
             )
             continue
         outcome.tries.append(_try_row(email, number, provider.name, started, clock))
+        provider_report_success(provider.name)
         outcome.sent, outcome.provider, outcome.error = True, provider.name, None
         outcome.message_id, outcome.rejected = result.message_id, result.rejected
         break

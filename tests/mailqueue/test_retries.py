@@ -291,3 +291,41 @@ def test_all_providers_down_defers_the_email(settings, send, work):
     assert email.attempts == 1
     assert email.last_error
     assert f"retry-{email.pk.hex}-1" in scheduled_entries()
+
+
+def test_provider_in_an_outage_is_skipped_for_the_next_emails(settings, send, work):
+    """After the SMTP server is found down, later emails go straight to `capture` (one timeout,
+    not one per email) until the cooldown ends; then SMTP is tried again."""
+    settings.EMAIL_PROVIDERS = ["smtp", "capture"]
+    settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": free_port()}
+    emails = [send(f"user{n}@example.com") for n in range(3)]
+
+    work()
+
+    smtp_tries = DeliveryAttempt.objects.filter(provider="smtp", email__in=emails).count()
+    assert smtp_tries == 1
+    assert all(
+        e.status == EmailStatus.SENT for e in EmailJob.objects.filter(pk__in=[e.pk for e in emails])
+    )
+
+    settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 0  # the cooldown is over
+    later = send("later@example.com")
+    work()
+
+    assert DeliveryAttempt.objects.filter(email=later, provider="smtp").count() == 1
+
+
+def test_all_providers_cooling_down_defers_without_calling_them(settings, send, work):
+    """With the only provider in an outage, the next emails wait for a retry at no cost."""
+    settings.EMAIL_PROVIDERS = ["smtp"]
+    settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": free_port()}
+    first, second = send("a@example.com"), send("b@example.com")
+
+    work()
+
+    second.refresh_from_db()
+    assert second.status == EmailStatus.RETRYING
+    [attempt] = second.delivery_attempts.all()
+    assert (attempt.provider, attempt.error_class) == ("", "providers_unavailable")
+    assert "cooling down" in second.last_error
+    assert first.delivery_attempts.get().provider == "smtp"
