@@ -30,7 +30,8 @@ class TrackingEventAdmin(admin.ModelAdmin):
     list_display = ("occurred_at", "event_type", "email_link", "provider", "recipient")
     list_display_links = ("occurred_at",)
     list_select_related = ("email",)
-    list_filter = ("event_type",)
+    # The date filter also allows the dashboard's `occurred_at__gte` links.
+    list_filter = ("event_type", ("occurred_at", admin.DateFieldListFilter))
     ordering = ("-occurred_at", "-id")
     sortable_by = ("occurred_at",)
     show_full_result_count = False

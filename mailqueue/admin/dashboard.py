@@ -13,6 +13,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 from django_rq.settings import get_queues_map
 
 from mailqueue.admin.common import email_changelist_url
@@ -162,6 +163,12 @@ def _rq_url(name: str, queue: str | None = None) -> str:
         return ""
 
 
+def _events_url(event_type: str, *, since: str) -> str:
+    """The tracking events of one type since a time: exactly what the dashboard counted."""
+    url = reverse("admin:tracking_trackingevent_changelist")
+    return f"{url}?{urlencode({'event_type__exact': event_type, 'occurred_at__gte': since})}"
+
+
 def dashboard_context(stats: DashboardStats) -> dict[str, Any]:
     """The stats plus the links and chart the admin home shows."""
     hour_ago = (stats.now - timedelta(hours=1)).replace(microsecond=0).isoformat()
@@ -176,18 +183,10 @@ def dashboard_context(stats: DashboardStats) -> dict[str, Any]:
         "rq_home_url": _rq_url("home"),
         "queued_url": email_changelist_url(status__exact=EmailStatus.QUEUED),
         "retrying_url": email_changelist_url(status__exact=EmailStatus.RETRYING),
-        "sent_hour_url": email_changelist_url(
-            status__exact=EmailStatus.SENT, created_at__gte=hour_ago
-        ),
-        "sent_day_url": email_changelist_url(
-            status__exact=EmailStatus.SENT, created_at__gte=day_ago
-        ),
-        "failed_hour_url": email_changelist_url(
-            status__exact=EmailStatus.FAILED, created_at__gte=hour_ago
-        ),
-        "failed_day_url": email_changelist_url(
-            status__exact=EmailStatus.FAILED, created_at__gte=day_ago
-        ),
+        "sent_hour_url": _events_url(EventType.SENT, since=hour_ago),
+        "sent_day_url": _events_url(EventType.SENT, since=day_ago),
+        "failed_hour_url": _events_url(EventType.FAILED, since=hour_ago),
+        "failed_day_url": _events_url(EventType.FAILED, since=day_ago),
         "dead_letters_url": reverse("admin:mailqueue_emailjob_dead_letters"),
         "chart": hourly_chart(stats.hourly),
     }

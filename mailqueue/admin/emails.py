@@ -19,6 +19,7 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
+from django_rq.settings import get_queues_map
 
 from mailqueue.admin.common import (
     EMAIL_LIST_DEFERRED,
@@ -459,9 +460,18 @@ class EmailJobAdmin(
         return admin_change_link(obj.api_key)
 
     @admin.display(description="RQ job id")
-    def rq_job_display(self, obj: EmailJob) -> str:
-        """The id of the RQ job that delivers the email (look it up in the queues dashboard)."""
-        return obj.rq_job_id or "-"
+    def rq_job_display(self, obj: EmailJob) -> SafeString | str:
+        """The RQ job that delivers the email, linked to its page in the django-rq dashboard."""
+        if not obj.rq_job_id:
+            return "-"
+        try:
+            url = reverse(
+                "django_rq:job_detail",
+                args=[get_queues_map().get(obj.priority, 0), obj.rq_job_id],
+            )
+        except NoReverseMatch:
+            return obj.rq_job_id
+        return format_html('<a href="{}">{}</a>', url, obj.rq_job_id)
 
     @admin.display(description="tags")
     def tags_display(self, obj: EmailJob) -> str:

@@ -12,6 +12,7 @@ from django.http import HttpResponse
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django_rq.settings import get_queues_map
 
 from mailqueue.admin.utils import EstimatedCountPaginator, pk_chunks, table_row_estimate
 from mailqueue.models import (
@@ -671,3 +672,13 @@ def test_capture_with_an_unknown_charset_still_shows(admin_client, db):
 
     assert response.status_code == 200
     assert "Hello odd charset" in response.content.decode()
+
+
+def test_detail_links_the_rq_job_to_the_queues_dashboard(admin_client, client_row):
+    """The email's RQ job id opens that job in django-rq (on the queue of its priority)."""
+    email = make_email(client_row, "job@example.com", priority="high", rq_job_id="email-abc123")
+
+    page = admin_client.get(reverse("admin:mailqueue_emailjob_change", args=[email.pk]))
+
+    job_url = reverse("django_rq:job_detail", args=[get_queues_map()["high"], "email-abc123"])
+    assert f'href="{job_url}"' in page.content.decode()

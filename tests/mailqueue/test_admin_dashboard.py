@@ -122,14 +122,17 @@ def test_dashboard_renders_numbers_links_and_an_svg_chart(
 
     assert href(page, "dashboard-queue-high").startswith("/django-rq/queues/")
     assert href(page, "dashboard-workers").startswith("/django-rq/workers/")
-    # The sent/failed numbers open the email list filtered by status and creation time.
+    # The sent/failed numbers open exactly the events they counted.
     sent_list = href(page, "dashboard-sent-day")
     assert sent_list.startswith(
-        f"{reverse('admin:mailqueue_emailjob_changelist')}?status__exact=sent&created_at__gte="
+        f"{reverse('admin:tracking_trackingevent_changelist')}?event_type__exact=sent"
+        "&occurred_at__gte="
     )
     listing = admin_client.get(sent_list)
     assert listing.status_code == 200
-    assert [email.recipient for email in listing.context["cl"].result_list] == ["a@example.com"]
+    listed = listing.context["cl"].result_list
+    assert len(listed) == int(element(page, "dashboard-sent-day"))
+    assert {event.event_type for event in listed} == {"sent"}
     assert "e=1" not in listing.wsgi_request.get_full_path()
 
     chart = page.split('<svg id="dashboard-chart"')[1].split("</svg>")[0]
