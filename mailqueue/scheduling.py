@@ -199,6 +199,25 @@ def queue_stats(*, queue_names: Iterable[str] = ("high", "default", "low")) -> Q
     )
 
 
+def live_workers_on_host(hostname: str) -> int:
+    """Live RQ workers running on one host (container health checks)."""
+    redis = connection()
+    keys = list(redis.smembers(REDIS_WORKER_KEYS))
+    if not keys:
+        return 0
+    pipe = redis.pipeline()
+    for key in keys:
+        pipe.hget(key, "hostname")
+    hosts = pipe.execute()
+    return sum(1 for host in hosts if host is not None and host.decode() == hostname)
+
+
+def live_scheduler_count() -> int:
+    """Running `rqscheduler` processes (each keeps a key alive with its heartbeat)."""
+    prefix = DjangoScheduler.redis_scheduler_namespace_prefix
+    return sum(1 for _ in connection().scan_iter(match=f"{prefix}*", count=100))
+
+
 def live_worker_count(*, redis: Redis | None = None) -> int:
     """RQ workers whose own key still exists: a killed worker's key expires, its registration
     in `rq:workers` does not."""

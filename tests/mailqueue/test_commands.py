@@ -4,12 +4,15 @@ import json
 from io import StringIO
 from pathlib import Path
 
+import django_rq
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from mailqueue.models import ApiKey, CapturedMessage, EmailJob, EmailStatus
+from mailqueue.scheduling import connection as redis_connection
+from mailqueue.scheduling import get_scheduler
 from templates_app.models import EmailTemplate
 from tests.helpers import run_worker
 
@@ -189,3 +192,30 @@ def test_every_default_template_is_delivered(api, slug, django_capture_on_commit
     assert email.status == EmailStatus.SENT, email.last_error
     # The captured subject is the MIME header, which folds long subjects over lines.
     assert " ".join(CapturedMessage.objects.get().subject.split()) == email.subject
+
+
+@pytest.mark.django_db
+def test_healthcheck_sees_a_live_worker_on_this_host_and_not_a_killed_one():
+    """The container health check passes while a worker here is alive, fails once it is gone."""
+    worker = django_rq.get_worker("default")
+    worker.register_birth()
+    out = StringIO()
+    call_command("mailqueue_healthcheck", "worker", stdout=out)
+    assert "healthy: 1 live worker" in out.getvalue()
+
+    redis_connection().delete(worker.key)  # killed -9: its heartbeat key expired
+
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("mailqueue_healthcheck", "worker", stderr=StringIO())
+    assert exit_info.value.code == 1
+
+
+def test_healthcheck_fails_without_a_scheduler_and_passes_with_one():
+    """No `rqscheduler` heartbeat: unhealthy; once one registers: healthy."""
+    with pytest.raises(SystemExit):
+        call_command("mailqueue_healthcheck", "scheduler", stderr=StringIO())
+
+    get_scheduler().register_birth()
+    out = StringIO()
+    call_command("mailqueue_healthcheck", "scheduler", stdout=out)
+    assert "healthy: 1 live scheduler" in out.getvalue()

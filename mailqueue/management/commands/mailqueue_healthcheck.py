@@ -1,0 +1,38 @@
+"""`manage.py mailqueue_healthcheck worker|scheduler`: exit 0 if that process is alive here.
+
+For container health checks: a worker is healthy when an RQ worker registered from this host
+still has its heartbeat key; the scheduler when a `rqscheduler` heartbeat key exists.
+"""
+
+import socket
+import sys
+
+from django.core.management.base import BaseCommand
+from redis.exceptions import RedisError
+
+from mailqueue.scheduling import live_scheduler_count, live_workers_on_host
+
+
+class Command(BaseCommand):
+    """Report whether a worker (on this host) or a scheduler is alive."""
+
+    help = "Exit 0 if a live worker runs on this host (worker) or a scheduler runs (scheduler)."
+
+    def add_arguments(self, parser) -> None:
+        """The role to check."""
+        parser.add_argument("role", choices=["worker", "scheduler"])
+
+    def handle(self, *args, role: str, **options) -> None:
+        """Print what was found; exit 1 when nothing is alive or Redis cannot be reached."""
+        try:
+            if role == "worker":
+                alive = live_workers_on_host(socket.gethostname())
+            else:
+                alive = live_scheduler_count()
+        except RedisError as exc:
+            self.stderr.write(f"unhealthy: Redis unavailable: {exc}")
+            sys.exit(1)
+        if not alive:
+            self.stderr.write(f"unhealthy: no live {role}")
+            sys.exit(1)
+        self.stdout.write(f"healthy: {alive} live {role}(s)")
