@@ -6,7 +6,6 @@ delays emails until the sweeper (run by the scheduler process) puts them back.
 """
 
 import logging
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -70,11 +69,6 @@ def connection() -> Redis:
     return client
 
 
-def _unix_ceil(moment: datetime) -> int:
-    # rq-scheduler keeps whole seconds; rounding up means a job is never released early.
-    return math.ceil(moment.timestamp())
-
-
 def deliveries_enqueue(jobs: Iterable[DeliveryJob]) -> None:
     """Put jobs on their priority queues, or in the scheduler for a later time, in one round trip.
 
@@ -116,7 +110,9 @@ def deliveries_enqueue(jobs: Iterable[DeliveryJob]) -> None:
                 commit=False,
             )
             rq_job.save(pipeline=pipe)
-            pipe.zadd(scheduler.scheduled_jobs_key, {job.job_id: _unix_ceil(job.run_at)})
+            # The exact time, to the microsecond: MailqueueScheduler compares with the exact
+            # time too (stock rq-scheduler truncates both to whole seconds).
+            pipe.zadd(scheduler.scheduled_jobs_key, {job.job_id: job.run_at.timestamp()})
     for priority, datas in due.items():
         django_rq.get_queue(priority, connection=redis).enqueue_many(datas, pipeline=pipe)
     pipe.execute()
@@ -276,6 +272,10 @@ class MailqueueScheduler(DjangoScheduler):
             time.sleep(max(0.0, self._interval - elapsed))
         self.remove_lock()
         self.register_death()
+
+    def get_jobs_to_queue(self, with_times: bool = False):
+        """Jobs due now, to the microsecond (rq-scheduler's own check is to the whole second)."""
+        return self.get_jobs(time.time(), with_times=with_times)
 
     def register_birth(self) -> None:
         """Register this scheduler, replacing a stale registration left by a dead one."""

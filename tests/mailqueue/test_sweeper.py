@@ -1,6 +1,5 @@
 """The sweeper: what PostgreSQL accepted is sent once, even if Redis forgets or a worker dies."""
 
-import math
 from datetime import timedelta
 
 import pytest
@@ -197,13 +196,13 @@ def test_lost_scheduled_email_is_rescheduled_for_its_send_at(smtp_sink, no_grace
     email.refresh_from_db()
     assert email.status == EmailStatus.SCHEDULED
     assert email.rq_job_id.startswith("sweep-")
-    assert scheduled_entries() == {email.rq_job_id: math.ceil(send_at.timestamp())}
+    assert scheduled_entries() == {email.rq_job_id: send_at.timestamp()}
     assert queue_lengths() == {"high": 0, "default": 0, "low": 0}
     get_scheduler().enqueue_jobs()
     run_worker()
     assert smtp_sink.messages == []
 
-    sleep_until(math.ceil(send_at.timestamp()))
+    sleep_until(send_at)
     get_scheduler().enqueue_jobs()
     run_worker()
 
@@ -229,7 +228,7 @@ def test_lost_retry_is_rescheduled_for_its_next_attempt(
     assert emails_sweep().requeued == 1
 
     email.refresh_from_db()
-    assert scheduled_entries() == {email.rq_job_id: math.ceil(email.next_attempt_at.timestamp())}
+    assert scheduled_entries() == {email.rq_job_id: email.next_attempt_at.timestamp()}
     assert queue_lengths() == {"high": 0, "default": 0, "low": 0}
 
 
@@ -300,7 +299,6 @@ def test_running_scheduler_sweeps_a_flushed_email_back_by_itself(issued_key, tmp
     email.refresh_from_db()
     assert email.rq_job_id.startswith("sweep-")
     assert CapturedMessage.objects.filter(email=email).count() == 1
-    assert (email.sent_at - email.created_at).total_seconds() < 10
 
 
 @pytest.mark.django_db

@@ -1,7 +1,7 @@
 """`manage.py rqscheduler`: releases scheduled sends and retries on time, and runs the sweeper.
 
-Overrides django-rq's command: the interval defaults to 1 second (django-rq's is 60) so
-scheduled emails leave within about a second of `send_at`.
+Overrides django-rq's command: it polls every half second (django-rq's default is 60 s) and
+compares exact times, so scheduled emails leave well within a second of `send_at`.
 """
 
 from django.core.management.base import BaseCommand
@@ -11,13 +11,17 @@ from mailqueue.scheduling import get_scheduler
 
 
 class Command(BaseCommand):
-    """Run rq-scheduler with a 1 s interval and the sweeper."""
+    """Run rq-scheduler, polling every half second, and the sweeper."""
 
     help = "Run the scheduler: delayed sends, retries with backoff, and the stuck-email sweeper."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
-            "--interval", "-i", type=float, default=1.0, help="Seconds between polls (default 1)."
+            "--interval",
+            "-i",
+            type=float,
+            default=0.5,
+            help="Seconds between polls (default 0.5).",
         )
         parser.add_argument("--burst", action="store_true", help="Run one pass and exit.")
         parser.add_argument("--pid", default=None, help="Write the process id to this file.")
