@@ -6,8 +6,9 @@ delays emails until the sweeper (run by the scheduler process) puts them back.
 """
 
 import logging
+import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -47,9 +48,9 @@ def email_job_id(email_id: UUID) -> str:
 
 
 # Seconds a Redis command may take before it fails. Enqueueing runs at the end of API requests
-# and in the scheduler: a Redis that accepts connections but stalls must fail them quickly (the
-# email is already safe in PostgreSQL; the sweeper enqueues it later), not hang them. Workers
-# block on their queues through RQ's own connection, which this does not touch.
+# (and after each retry and sweep): a Redis that accepts connections but stalls must fail them
+# quickly (the email is already safe in PostgreSQL; the sweeper enqueues it later), not hang
+# them. Workers block on their queues through RQ's own connection, which this does not touch.
 COMMAND_TIMEOUT_SECONDS = 5
 _clients: dict[str, Redis] = {}
 
@@ -208,10 +209,22 @@ def live_workers_on_host(hostname: str) -> int:
     return sum(1 for host in hosts if host is not None and host.decode() == hostname)
 
 
-def live_scheduler_count() -> int:
-    """Running `rqscheduler` processes (each keeps a key alive with its heartbeat)."""
-    prefix = DjangoScheduler.redis_scheduler_namespace_prefix
-    return sum(1 for _ in connection().scan_iter(match=f"{prefix}*", count=100))
+def live_scheduler_count(*, hostname: str | None = None) -> int:
+    """Running `rqscheduler` processes (on one host, if given): their heartbeat key exists."""
+    redis = connection()
+    keys = list(redis.smembers(SCHEDULERS_KEY))
+    if not keys:
+        return 0
+    pipe = redis.pipeline()
+    for key in keys:
+        pipe.hget(key, "hostname")
+    hosts = pipe.execute()
+    gone = [key for key, host in zip(keys, hosts, strict=True) if host is None]
+    if gone:
+        redis.srem(SCHEDULERS_KEY, *gone)  # killed schedulers whose key expired
+    return sum(
+        1 for host in hosts if host is not None and (hostname is None or host.decode() == hostname)
+    )
 
 
 def live_worker_count(*, redis: Redis | None = None) -> int:
@@ -230,6 +243,18 @@ def live_worker_count(*, redis: Redis | None = None) -> int:
 def get_scheduler(interval: float = 1.0, connection: Redis | None = None) -> "MailqueueScheduler":
     """The rq-scheduler instance used for delayed sends and retries."""
     return django_rq.get_scheduler("default", interval=interval, connection=connection)
+
+
+# A scheduler's key lives this long without a heartbeat: a killed scheduler stops counting as
+# alive after this; a running one renews it every interval.
+SCHEDULER_KEY_TTL_SECONDS = 30
+# The release-and-sweep lock outlives a slow pass (a sweep of 10,000 rows), whatever the interval.
+SCHEDULER_LOCK_TTL_SECONDS = 120
+SCHEDULERS_KEY = "mailqueue:schedulers"
+_RELEASE_LOCK_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 class MailqueueScheduler(DjangoScheduler):
@@ -273,14 +298,49 @@ class MailqueueScheduler(DjangoScheduler):
         self.remove_lock()
         self.register_death()
 
-    def get_jobs_to_queue(self, with_times: bool = False):
+    def get_jobs_to_queue(self, with_times: bool = False) -> Iterator:
         """Jobs due now, to the microsecond (rq-scheduler's own check is to the whole second)."""
         return self.get_jobs(time.time(), with_times=with_times)
 
     def register_birth(self) -> None:
-        """Register this scheduler, replacing a stale registration left by a dead one."""
-        self.connection.delete(self.key)
-        super().register_birth()
+        """Register this scheduler (with its host, for health checks) in a set of schedulers."""
+        with self.connection.pipeline() as pipe:
+            pipe.delete(self.key)
+            pipe.hset(self.key, mapping={"birth": time.time(), "hostname": socket.gethostname()})
+            pipe.expire(self.key, SCHEDULER_KEY_TTL_SECONDS)
+            pipe.sadd(SCHEDULERS_KEY, self.key)
+            pipe.execute()
+
+    def register_death(self) -> None:
+        """Unregister at once: a scheduler that stopped is not alive for health checks."""
+        with self.connection.pipeline() as pipe:
+            pipe.delete(self.key)
+            pipe.srem(SCHEDULERS_KEY, self.key)
+            pipe.execute()
+
+    def heartbeat(self) -> None:
+        """Keep this scheduler's key alive; register again if it vanished (Redis flushed)."""
+        if not self.connection.expire(self.key, SCHEDULER_KEY_TTL_SECONDS):
+            self.register_birth()
+
+    def acquire_lock(self) -> bool:
+        """Take the lock (named after this scheduler) unless another scheduler holds it."""
+        self._lock_acquired = bool(
+            self.connection.set(
+                self.scheduler_lock_key, self.name, ex=SCHEDULER_LOCK_TTL_SECONDS, nx=True
+            )
+        )
+        return self._lock_acquired
+
+    def remove_lock(self) -> None:
+        """Release the lock only if it is still ours (it may have expired and been taken)."""
+        if self._lock_acquired:
+            self._release_lock(keys=[self.scheduler_lock_key], args=[self.name])
+            self._lock_acquired = False
+
+    @property
+    def _release_lock(self):
+        return self.connection.register_script(_RELEASE_LOCK_SCRIPT)
 
     def _sweep(self, emails_sweep) -> None:
         from django.db import close_old_connections

@@ -219,3 +219,33 @@ def test_healthcheck_fails_without_a_scheduler_and_passes_with_one():
     out = StringIO()
     call_command("mailqueue_healthcheck", "scheduler", stdout=out)
     assert "healthy: 1 live scheduler" in out.getvalue()
+
+
+def test_scheduler_registers_again_after_a_redis_flush():
+    """A flush wipes the scheduler's key; its next heartbeat puts it back (health stays true)."""
+    scheduler = get_scheduler()
+    scheduler.register_birth()
+    redis_connection().flushdb()
+    with pytest.raises(SystemExit):
+        call_command("mailqueue_healthcheck", "scheduler", stderr=StringIO())
+
+    scheduler.heartbeat()
+
+    out = StringIO()
+    call_command("mailqueue_healthcheck", "scheduler", stdout=out)
+    assert "healthy: 1 live scheduler" in out.getvalue()
+
+
+def test_scheduler_releases_only_its_own_lock():
+    """A scheduler whose lock expired and was taken by another does not delete the new lock."""
+    first, second = get_scheduler(), get_scheduler()
+    assert first.acquire_lock()
+    assert not second.acquire_lock()
+    redis_connection().delete(first.scheduler_lock_key)  # the first one's lock expired
+    assert second.acquire_lock()
+
+    first.remove_lock()
+
+    assert redis_connection().get(first.scheduler_lock_key) == second.name.encode()
+    second.remove_lock()
+    assert redis_connection().get(first.scheduler_lock_key) is None

@@ -1,7 +1,7 @@
 """`manage.py mailqueue_healthcheck worker|scheduler`: exit 0 if that process is alive here.
 
-For container health checks: a worker is healthy when an RQ worker registered from this host
-still has its heartbeat key; the scheduler when a `rqscheduler` heartbeat key exists.
+For container health checks: healthy when a worker (or a `rqscheduler`) registered from this
+host still has its heartbeat key, which a killed process stops renewing.
 """
 
 import socket
@@ -16,7 +16,7 @@ from mailqueue.scheduling import live_scheduler_count, live_workers_on_host
 class Command(BaseCommand):
     """Report whether a worker (on this host) or a scheduler is alive."""
 
-    help = "Exit 0 if a live worker runs on this host (worker) or a scheduler runs (scheduler)."
+    help = "Exit 0 if a live worker (or scheduler) runs on this host."
 
     def add_arguments(self, parser) -> None:
         """The role to check."""
@@ -28,7 +28,7 @@ class Command(BaseCommand):
             if role == "worker":
                 alive = live_workers_on_host(socket.gethostname())
             else:
-                alive = live_scheduler_count()
+                alive = live_scheduler_count(hostname=socket.gethostname())
         except RedisError as exc:
             self.stderr.write(f"unhealthy: Redis unavailable: {exc}")
             sys.exit(1)

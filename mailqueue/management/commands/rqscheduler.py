@@ -16,6 +16,7 @@ class Command(BaseCommand):
     help = "Run the scheduler: delayed sends, retries with backoff, and the stuck-email sweeper."
 
     def add_arguments(self, parser) -> None:
+        """--interval, --burst, --pid (and django-rq's --queue, ignored)."""
         parser.add_argument(
             "--interval",
             "-i",
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("args", nargs="*")
 
     def handle(self, *args, interval: float, burst: bool, pid: str | None, **options) -> None:
+        """Run the scheduler loop until stopped."""
         if pid:
             with open(pid, "w") as handle:
                 handle.write(str(__import__("os").getpid()))
