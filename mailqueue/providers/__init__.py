@@ -6,6 +6,18 @@ from mailqueue import conf
 from mailqueue.errors import ProviderConfigurationError
 from mailqueue.providers.anymail_esp import AnymailProvider, is_anymail_esp
 from mailqueue.providers.base import Provider
+
+__all__ = [
+    "Provider",
+    "close_all",
+    "configured_providers",
+    "get_provider",
+    "provider_class",
+    "provider_report_outage",
+    "provider_report_success",
+    "providers_cooldown_remaining",
+    "providers_in_service",
+]
 from mailqueue.providers.capture import CaptureProvider
 from mailqueue.providers.console import ConsoleProvider
 from mailqueue.providers.smtp import SmtpProvider
@@ -68,6 +80,12 @@ def providers_in_service(providers: list[Provider]) -> list[Provider]:
     """The providers not cooling down after an outage, in their configured order."""
     now = time.monotonic()
     return [provider for provider in providers if _cooling_until.get(provider.name, 0) <= now]
+
+
+def providers_cooldown_remaining(providers: list[Provider]) -> float:
+    """Seconds until the first of these providers ends its cooldown (0 if one is in service)."""
+    now = time.monotonic()
+    return max(0.0, min(_cooling_until.get(provider.name, now) for provider in providers) - now)
 
 
 def close_all() -> None:

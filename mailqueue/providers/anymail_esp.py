@@ -109,8 +109,9 @@ class AnymailProvider(Provider):
             transient = _api_error_is_transient(exc)
             # Every transient ESP answer (5xx, 429, bad key, no answer) is about the ESP.
             return delivery_error(exc, transient=transient, outage=transient)
-        # Anything else (a network error escaping the ESP client) is worth another try.
-        return delivery_error(exc, transient=True, outage=True)
+        # Anything else is worth another try, but is not taken for an outage: anymail wraps
+        # network failures in AnymailAPIError, so this is more likely about this one message.
+        return delivery_error(exc, transient=True)
 
 
 def _api_error_is_transient(exc: AnymailAPIError) -> bool:

@@ -17,10 +17,12 @@ from mailqueue import conf
 from mailqueue.errors import DeliveryError, MailqueueError
 from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.providers import (
+    Provider,
     configured_providers,
     get_provider,
     provider_report_outage,
     provider_report_success,
+    providers_cooldown_remaining,
     providers_in_service,
 )
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit, email_job_id
@@ -67,12 +69,15 @@ def emails_claim(*, email_ids: list[str]) -> list[EmailJob]:
             next_attempt_at=None,
             updated_at=now,
         )
-    # The rows were locked until the commit above, so every id in `ids` is ours now.
-    return list(
+    # The rows were locked until the commit above, so every id in `ids` is ours now. They are
+    # sent in the job's order (the order they were accepted in, for a batch).
+    position = {str(email_id): index for index, email_id in enumerate(email_ids)}
+    claimed = (
         EmailJob.objects.filter(pk__in=ids)
         .select_related("template", "template_version")
         .prefetch_related("attachments")
     )
+    return sorted(claimed, key=lambda email: position.get(str(email.pk), len(position)))
 
 
 def email_hold_lease(*, email: EmailJob) -> bool:
@@ -187,34 +192,12 @@ def _try_row(
     )
 
 
-def _attempt(email: EmailJob, message: EmailMultiAlternatives, number: int) -> _Outcome:
-    """Try each configured provider in order until one takes the message or one refuses it."""
+def _attempt(
+    email: EmailJob, message: EmailMultiAlternatives, number: int, providers: list[Provider]
+) -> _Outcome:
+    """Try the providers in order until one takes the message or one refuses it."""
     outcome = _Outcome(sent=False)
-    try:
-        if email.providers:
-            # This email names its own providers (a released capture, say).
-            providers = [get_provider(name) for name in email.providers]
-        else:
-            providers = configured_providers()
-        usable = providers_in_service(providers)
-        if not usable:
-            # Every provider had an outage moments ago: wait for the retry instead of paying
-            # each one's timeout again for every email of the chunk.
-            raise DeliveryError(
-                "Every provider is cooling down after an outage: "
-                + ", ".join(provider.name for provider in providers),
-                error_class="providers_unavailable",
-            )
-    except MailqueueError as exc:
-        error = (
-            exc
-            if isinstance(exc, DeliveryError)
-            else DeliveryError(str(exc), error_class="configuration")
-        )
-        outcome.error = error
-        outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
-        return outcome
-    for provider in usable:
+    for provider in providers:
         started = timezone.now()
         clock = time.monotonic()
         try:
@@ -258,9 +241,33 @@ def email_deliver(*, email: EmailJob) -> str:
     if not email_hold_lease(email=email):
         logger.warning("email %s: lease lost before sending; another worker has it", email.pk)
         return LEASE_LOST
-    outcome = _attempt(email, message, number)
+    try:
+        # An email may name its own providers (a released capture, say).
+        providers = (
+            [get_provider(name) for name in email.providers]
+            if email.providers
+            else configured_providers()
+        )
+    except MailqueueError as exc:
+        error = DeliveryError(str(exc), error_class="configuration")
+        outcome = _Outcome(sent=False, error=error)
+        outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
+        return _email_finish_unsent(email=email, number=number, outcome=outcome, content=content)
+    usable = providers_in_service(providers)
+    if not usable:
+        # Every provider had an outage moments ago: nothing is tried (no timeout paid, no
+        # attempt used up); the email waits until the first provider's cooldown ends.
+        return _email_wait_for_providers(email=email, providers=providers)
+    outcome = _attempt(email, message, number, usable)
     if outcome.sent:
         return _email_finish_sent(email=email, number=number, outcome=outcome, content=content)
+    return _email_finish_unsent(email=email, number=number, outcome=outcome, content=content)
+
+
+def _email_finish_unsent(
+    *, email: EmailJob, number: int, outcome: _Outcome, content: RenderedContent
+) -> str:
+    """Retry later after a transient error with attempts left; fail otherwise."""
     assert outcome.error is not None
     if outcome.error.transient and number < email.max_attempts:
         return _email_finish_retry(email=email, number=number, outcome=outcome)
@@ -383,6 +390,43 @@ def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> s
             last_error=error.message[:5000],
             error_class=error.error_class[:200],
             error_group=error_group_key(error_class=error.error_class, message=error.message),
+            next_attempt_at=next_at,
+            rq_job_id=job_id,
+        )
+        if moved:
+            deliveries_enqueue_on_commit(
+                [
+                    DeliveryJob(
+                        job_id=job_id,
+                        email_ids=(str(email.pk),),
+                        priority=email.priority,
+                        run_at=next_at,
+                    )
+                ]
+            )
+    return EmailStatus.RETRYING
+
+
+def _email_wait_for_providers(*, email: EmailJob, providers: list[Provider]) -> str:
+    """Put an email back to wait for a provider's cooldown, without counting an attempt."""
+    next_at = timezone.now() + timedelta(seconds=providers_cooldown_remaining(providers))
+    names = ", ".join(provider.name for provider in providers)
+    message = f"Waiting: every provider is cooling down after an outage ({names})."
+    job_id = f"wait-{uuid4().hex}"
+    with transaction.atomic():
+        moved = _finish(
+            email,
+            _Outcome(sent=False),
+            [
+                NewEvent(
+                    email_id=email.pk,
+                    event_type=EventType.DEFERRED,
+                    recipient=email.recipient,
+                    description=f"{message} Next try at {next_at.isoformat()}.",
+                )
+            ],
+            status=EmailStatus.RETRYING,
+            last_error=message,
             next_attempt_at=next_at,
             rq_job_id=job_id,
         )
