@@ -10,6 +10,7 @@ min, median, p95, max, and how many left early (the promise is none, and about a
 """
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -105,7 +106,7 @@ def main() -> None:
         )
     )
     early = sum(1 for value in lateness if value < 0)
-    p95 = lateness[max(0, int(len(lateness) * 0.95) - 1)]
+    p95 = lateness[min(len(lateness) - 1, math.ceil(len(lateness) * 0.95) - 1)]
     print(
         f"{len(lateness)} scheduled emails: sent after send_at by min {lateness[0]:.2f}s, "
         f"median {statistics.median(lateness):.2f}s, p95 {p95:.2f}s, max {lateness[-1]:.2f}s; "
