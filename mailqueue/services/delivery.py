@@ -367,31 +367,19 @@ def _email_finish_failed(
     return EmailStatus.FAILED
 
 
-def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> str:
-    error = outcome.error
-    assert error is not None
-    next_at = timezone.now() + timedelta(seconds=backoff_seconds(number))
-    job_id = f"retry-{email.pk.hex}-{number}"
-    event = NewEvent(
-        email_id=email.pk,
-        event_type=EventType.DEFERRED,
-        provider=outcome.provider,
-        recipient=email.recipient,
-        description=f"attempt {number} failed, next at {next_at.isoformat()}: {error.message}",
-        data={"error_class": error.error_class, "next_attempt_at": next_at.isoformat()},
-    )
+def _email_finish_later(
+    *, email: EmailJob, outcome: _Outcome, event: NewEvent, next_at: datetime, job_id: str, **fields
+) -> str:
+    """Move a sending email to `retrying` and schedule its next job for `next_at`."""
     with transaction.atomic():
         moved = _finish(
             email,
             outcome,
             [event],
             status=EmailStatus.RETRYING,
-            attempts=number,
-            last_error=error.message[:5000],
-            error_class=error.error_class[:200],
-            error_group=error_group_key(error_class=error.error_class, message=error.message),
             next_attempt_at=next_at,
             rq_job_id=job_id,
+            **fields,
         )
         if moved:
             deliveries_enqueue_on_commit(
@@ -405,6 +393,30 @@ def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> s
                 ]
             )
     return EmailStatus.RETRYING
+
+
+def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> str:
+    error = outcome.error
+    assert error is not None
+    next_at = timezone.now() + timedelta(seconds=backoff_seconds(number))
+    return _email_finish_later(
+        email=email,
+        outcome=outcome,
+        event=NewEvent(
+            email_id=email.pk,
+            event_type=EventType.DEFERRED,
+            provider=outcome.provider,
+            recipient=email.recipient,
+            description=f"attempt {number} failed, next at {next_at.isoformat()}: {error.message}",
+            data={"error_class": error.error_class, "next_attempt_at": next_at.isoformat()},
+        ),
+        next_at=next_at,
+        job_id=f"retry-{email.pk.hex}-{number}",
+        attempts=number,
+        last_error=error.message[:5000],
+        error_class=error.error_class[:200],
+        error_group=error_group_key(error_class=error.error_class, message=error.message),
+    )
 
 
 def _email_wait_for_providers(*, email: EmailJob, providers: list[Provider]) -> str:
@@ -412,36 +424,19 @@ def _email_wait_for_providers(*, email: EmailJob, providers: list[Provider]) -> 
     next_at = timezone.now() + timedelta(seconds=providers_cooldown_remaining(providers))
     names = ", ".join(provider.name for provider in providers)
     message = f"Waiting: every provider is cooling down after an outage ({names})."
-    job_id = f"wait-{uuid4().hex}"
-    with transaction.atomic():
-        moved = _finish(
-            email,
-            _Outcome(sent=False),
-            [
-                NewEvent(
-                    email_id=email.pk,
-                    event_type=EventType.DEFERRED,
-                    recipient=email.recipient,
-                    description=f"{message} Next try at {next_at.isoformat()}.",
-                )
-            ],
-            status=EmailStatus.RETRYING,
-            last_error=message,
-            next_attempt_at=next_at,
-            rq_job_id=job_id,
-        )
-        if moved:
-            deliveries_enqueue_on_commit(
-                [
-                    DeliveryJob(
-                        job_id=job_id,
-                        email_ids=(str(email.pk),),
-                        priority=email.priority,
-                        run_at=next_at,
-                    )
-                ]
-            )
-    return EmailStatus.RETRYING
+    return _email_finish_later(
+        email=email,
+        outcome=_Outcome(sent=False),
+        event=NewEvent(
+            email_id=email.pk,
+            event_type=EventType.DEFERRED,
+            recipient=email.recipient,
+            description=f"{message} Next try at {next_at.isoformat()}.",
+        ),
+        next_at=next_at,
+        job_id=f"wait-{uuid4().hex}",
+        last_error=message,
+    )
 
 
 @dataclass
