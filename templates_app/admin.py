@@ -11,11 +11,11 @@ from django.core.exceptions import PermissionDenied
 from django.forms.fields import InvalidJSONInput
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from mailqueue.admin.utils import copy_saved_instance
+from mailqueue.admin.utils import admin_url, copy_saved_instance
 from mailqueue.errors import MailqueueError, TemplateRenderError
 from mailqueue.services import template_send_test
 from templates_app.models import EmailTemplate
@@ -203,36 +203,24 @@ class EmailTemplateAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list:
         """The default URLs plus the live preview, the test send and the versions."""
-        info = self.opts.app_label, self.opts.model_name
-        view = self.admin_site.admin_view
-        custom = [
-            path(
-                "preview/",
-                view(require_POST(self.preview_view)),
-                name="{}_{}_preview_add".format(*info),
+        preview = require_POST(self.preview_view)
+        return [
+            admin_url(self, "preview/", preview, "preview_add"),
+            admin_url(self, "<path:object_id>/preview/", preview, "preview"),
+            admin_url(
+                self, "<path:object_id>/send-test/", require_POST(self.send_test_view), "send_test"
             ),
-            path(
-                "<path:object_id>/preview/",
-                view(require_POST(self.preview_view)),
-                name="{}_{}_preview".format(*info),
+            admin_url(
+                self, "<path:object_id>/versions/<int:number>/", self.version_view, "version"
             ),
-            path(
-                "<path:object_id>/send-test/",
-                view(require_POST(self.send_test_view)),
-                name="{}_{}_send_test".format(*info),
-            ),
-            path(
-                "<path:object_id>/versions/<int:number>/",
-                view(self.version_view),
-                name="{}_{}_version".format(*info),
-            ),
-            path(
+            admin_url(
+                self,
                 "<path:object_id>/versions/<int:number>/restore/",
-                view(require_POST(self.restore_view)),
-                name="{}_{}_restore".format(*info),
+                require_POST(self.restore_view),
+                "restore",
             ),
+            *super().get_urls(),
         ]
-        return custom + super().get_urls()
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         """No bulk delete: its confirmation page would list every email of a used template."""

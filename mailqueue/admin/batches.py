@@ -1,7 +1,5 @@
 """Batches admin: counts per status and links to their emails."""
 
-import uuid
-
 from django.contrib import admin
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
@@ -12,6 +10,7 @@ from mailqueue.admin.common import ReadOnlyAdminMixin, email_changelist_url
 from mailqueue.admin.utils import (
     EstimatedCountPaginator,
     LightChangeListMixin,
+    filter_by_uuid,
     pretty_json,
 )
 from mailqueue.models import (
@@ -60,10 +59,8 @@ class BatchAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            return queryset.filter(pk=uuid.UUID(term)), False
-        except ValueError:
-            return queryset.none(), False
+        by_id = filter_by_uuid(queryset, term)
+        return (queryset.none() if by_id is None else by_id), False
 
     @admin.display(description="context")
     def context_display(self, obj: Batch) -> SafeString:

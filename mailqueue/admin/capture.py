@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
@@ -19,6 +19,8 @@ from django.views.decorators.http import require_POST
 from mailqueue.admin.common import ReadOnlyAdminMixin
 from mailqueue.admin.utils import (
     LightChangeListMixin,
+    admin_url,
+    email_link,
     preformatted,
     sandboxed_html,
 )
@@ -72,15 +74,10 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
 
     def get_urls(self) -> list:
         """The default URLs plus the POST-only release of one message."""
-        info = self.opts.app_label, self.opts.model_name
-        custom = [
-            path(
-                "<path:object_id>/release/",
-                self.admin_site.admin_view(self.release_view),
-                name="{}_{}_release".format(*info),
-            )
+        return [
+            admin_url(self, "<path:object_id>/release/", self.release_view, "release"),
+            *super().get_urls(),
         ]
-        return custom + super().get_urls()
 
     def change_view(
         self,
@@ -160,24 +157,12 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
     @admin.display(description="email")
     def email_link(self, obj: CapturedMessage) -> SafeString | str:
         """The email job this message came from."""
-        if not obj.email_id:
-            return "-"
-        return format_html(
-            '<a href="{}">{}</a>',
-            reverse("admin:mailqueue_emailjob_change", args=[obj.email_id]),
-            obj.email_id,
-        )
+        return email_link(obj.email_id)
 
     @admin.display(description="released as")
     def released_as_link(self, obj: CapturedMessage) -> SafeString | str:
         """The email that sent this message for real, once it has been released."""
-        if not obj.released_as_id:
-            return "-"
-        return format_html(
-            '<a class="released-as" href="{}">{}</a>',
-            reverse("admin:mailqueue_emailjob_change", args=[obj.released_as_id]),
-            obj.released_as_id,
-        )
+        return email_link(obj.released_as_id, css_class="released-as")
 
     @admin.display(description="headers")
     def headers_display(self, obj: CapturedMessage) -> SafeString:

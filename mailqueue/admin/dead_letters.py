@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from mailqueue.admin.common import (
@@ -19,7 +19,7 @@ from mailqueue.admin.common import (
     emails_bulk_apply,
     retry_report,
 )
-from mailqueue.admin.utils import pk_chunks
+from mailqueue.admin.utils import admin_url, pk_chunks
 from mailqueue.models import EmailStatus
 from mailqueue.selectors import (
     DEAD_LETTER_GROUPS_SHOWN,
@@ -36,22 +36,13 @@ class DeadLettersAdminMixin:
 
     def dead_letter_urls(self) -> list:
         """The page and its POST-only group actions."""
-        info = self.opts.app_label, self.opts.model_name
         return [
-            path(
-                "dead-letters/",
-                self.admin_site.admin_view(self.dead_letters_view),
-                name="{}_{}_dead_letters".format(*info),
+            admin_url(self, "dead-letters/", self.dead_letters_view, "dead_letters"),
+            admin_url(
+                self, "dead-letters/retry/", self.dead_letters_retry_view, "dead_letters_retry"
             ),
-            path(
-                "dead-letters/retry/",
-                self.admin_site.admin_view(self.dead_letters_retry_view),
-                name="{}_{}_dead_letters_retry".format(*info),
-            ),
-            path(
-                "dead-letters/cancel/",
-                self.admin_site.admin_view(self.dead_letters_cancel_view),
-                name="{}_{}_dead_letters_cancel".format(*info),
+            admin_url(
+                self, "dead-letters/cancel/", self.dead_letters_cancel_view, "dead_letters_cancel"
             ),
         ]
 

@@ -15,7 +15,7 @@ from django.core.validators import validate_email
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
@@ -34,7 +34,9 @@ from mailqueue.admin.utils import (
     EstimatedCountPaginator,
     LightChangeListMixin,
     admin_change_link,
+    admin_url,
     error_block,
+    filter_by_uuid,
     pk_chunks,
     pretty_json,
     rendered_parts,
@@ -272,10 +274,9 @@ class EmailJobAdmin(
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            return queryset.filter(pk=uuid.UUID(term)), False
-        except ValueError:
-            pass
+        by_id = filter_by_uuid(queryset, term)
+        if by_id is not None:
+            return by_id, False
         spec = address_spec(term) if "@" in term else ""
         if spec:
             try:
@@ -289,26 +290,13 @@ class EmailJobAdmin(
 
     def get_urls(self) -> list:
         """The default URLs plus the timeline, POST-only retry and cancel, and dead letters."""
-        info = self.opts.app_label, self.opts.model_name
-        custom = [
+        return [
             *self.dead_letter_urls(),
-            path(
-                "<path:object_id>/timeline/",
-                self.admin_site.admin_view(self.timeline_view),
-                name="{}_{}_timeline".format(*info),
-            ),
-            path(
-                "<path:object_id>/retry/",
-                self.admin_site.admin_view(self.retry_view),
-                name="{}_{}_retry".format(*info),
-            ),
-            path(
-                "<path:object_id>/cancel/",
-                self.admin_site.admin_view(self.cancel_view),
-                name="{}_{}_cancel".format(*info),
-            ),
+            admin_url(self, "<path:object_id>/timeline/", self.timeline_view, "timeline"),
+            admin_url(self, "<path:object_id>/retry/", self.retry_view, "retry"),
+            admin_url(self, "<path:object_id>/cancel/", self.cancel_view, "cancel"),
+            *super().get_urls(),
         ]
-        return custom + super().get_urls()
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

@@ -1,7 +1,8 @@
 """Helpers that keep the admin fast on tables with millions of rows, and its HTML safe."""
 
 import json
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.contrib.admin.views.main import ChangeList
@@ -10,7 +11,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString
@@ -172,3 +173,32 @@ def admin_change_link(obj: Model | None, text: str | None = None) -> SafeString 
     opts = obj._meta
     url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
     return format_html('<a href="{}">{}</a>', url, text if text is not None else str(obj))
+
+
+def admin_url(model_admin: Any, route: str, view: Callable[..., Any], suffix: str) -> URLPattern:
+    """A custom admin page of a ModelAdmin, behind the admin's login, named like Django's own
+    (`admin:<app>_<model>_<suffix>`)."""
+    opts = model_admin.opts
+    return path(
+        route,
+        model_admin.admin_site.admin_view(view),
+        name=f"{opts.app_label}_{opts.model_name}_{suffix}",
+    )
+
+
+def email_link(email_id: Any, *, css_class: str = "") -> SafeString | str:
+    """A link to an email's admin page from its id alone (no query per row), or '-'."""
+    if not email_id:
+        return "-"
+    url = reverse("admin:mailqueue_emailjob_change", args=[email_id])
+    if css_class:
+        return format_html('<a class="{}" href="{}">{}</a>', css_class, url, email_id)
+    return format_html('<a href="{}">{}</a>', url, email_id)
+
+
+def filter_by_uuid(queryset: QuerySet, term: str) -> QuerySet | None:
+    """The row whose primary key is this UUID, or None if the term is not a UUID."""
+    try:
+        return queryset.filter(pk=uuid.UUID(term))
+    except ValueError:
+        return None
