@@ -61,8 +61,13 @@ def batch_max() -> int:
 
 
 def batch_chunk_size() -> int:
-    """Emails one batch job claims and sends over one provider connection."""
+    """Emails one delivery job claims at a time (a drain's chunk, a scheduled batch's job)."""
     return max(1, int(_get("MAILQUEUE_BATCH_CHUNK_SIZE", 100)))
+
+
+def worker_concurrency() -> int:
+    """Sends one worker process overlaps (threads, each with its own provider connections)."""
+    return max(1, int(_get("MAILQUEUE_WORKER_CONCURRENCY", 4)))
 
 
 def max_recipients() -> int:

@@ -1,10 +1,40 @@
 """Email jobs, batches, attempts, API clients and keys, idempotency records, captured messages."""
 
+import os
+import threading
+import time
 import uuid
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = (0, 0)
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7), strictly increasing within this process.
+
+    Email ids sort in the order the emails were accepted, so a drain claims the oldest queued
+    emails with `ORDER BY id` on a small partial index. Python has no uuid7 before 3.14.
+    """
+    global _uuid7_last
+    with _uuid7_lock:
+        millis = time.time_ns() // 1_000_000
+        last_millis, last_counter = _uuid7_last
+        if millis <= last_millis:
+            # Same millisecond (or the clock stepped back): count up within the last one.
+            millis, counter = last_millis, last_counter + 1
+            if counter > 0xFFF:
+                millis, counter = last_millis + 1, 0
+        else:
+            counter = 0
+        _uuid7_last = (millis, counter)
+    value = (millis & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76 | counter << 64
+    value |= 0b10 << 62 | int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
+    return uuid.UUID(int=value)
 
 
 class Priority(models.TextChoices):
@@ -99,7 +129,7 @@ class Batch(models.Model):
 class EmailJob(models.Model):
     """One email: what was asked, its rendered content, and where it is in its lifecycle."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="emails")
     api_key = models.ForeignKey(
         ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -189,6 +219,13 @@ class EmailJob(models.Model):
                 fields=["error_group", "-updated_at"],
                 name="email_failed_group",
                 condition=models.Q(status="failed"),
+            ),
+            # What a drain claims: the oldest queued emails of one priority. Only queued rows
+            # are in it, so it stays small however many emails are stored.
+            models.Index(
+                fields=["priority", "id"],
+                name="email_queued_claim",
+                condition=models.Q(status="queued"),
             ),
             # One dead-letter group's emails in the list's newest-first order.
             models.Index(

@@ -1,5 +1,14 @@
 """Everything that puts delivery jobs into Redis: now, at a time, or never again (cancel).
 
+Two kinds of job deliver email:
+
+- a *drain* job per priority (`drain_queue(priority)`) claims the oldest queued emails of its
+  priority from PostgreSQL, a chunk at a time. Accepting an email only asks for a drain
+  (`drains_request`): a marker key per priority says one is already pending, so a busy API
+  costs one `SET NX` per request instead of one RQ job per email;
+- an *id* job (`deliver_emails(ids)`) delivers named emails at a time: scheduled sends and
+  retries, released by the scheduler process.
+
 This is the only module that knows about RQ and rq-scheduler; swapping the scheduling backend
 means rewriting this file. PostgreSQL stays the source of truth: losing what is in Redis only
 delays emails until the sweeper (run by the scheduler process) puts them back.
@@ -11,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import django_rq
 from django.conf import settings
@@ -24,9 +33,12 @@ from rq import Queue
 from rq.job import Job
 from rq.worker_registration import REDIS_WORKER_KEYS
 
+from mailqueue.models import Priority
+
 logger = logging.getLogger(__name__)
 
 DELIVER_FUNC = "mailqueue.tasks.deliver_emails"
+DRAIN_FUNC = "mailqueue.tasks.drain_queue"
 JOB_TIMEOUT_SECONDS = 900
 RESULT_TTL_SECONDS = 600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -43,8 +55,17 @@ class DeliveryJob:
 
 
 def email_job_id(email_id: UUID) -> str:
-    """The RQ job id of an email's own delivery job (RQ ids allow only [A-Za-z0-9_-])."""
-    return f"email-{email_id.hex}"
+    """A new RQ job id for a job of one email (RQ ids allow only [A-Za-z0-9_-]).
+
+    New on every call: a job enqueued while another job of the same email runs (a reschedule)
+    must not share its id, or RQ would mark the new job finished when the old one ends.
+    """
+    return f"{email_job_prefix(email_id)}{uuid4().hex[:12]}"
+
+
+def email_job_prefix(email_id: UUID) -> str:
+    """What every job id of one email's own jobs starts with."""
+    return f"email-{email_id.hex}-"
 
 
 # Seconds a Redis command may take before it fails. Enqueueing runs at the end of API requests
@@ -153,22 +174,143 @@ def delivery_jobs_cancel(job_ids: Iterable[str]) -> None:
         logger.info("cancel of %d job(s) skipped, Redis unavailable: %s", len(job_ids), exc)
 
 
-# RQ job states in which a job will still run (or is running).
-LIVE_JOB_STATES = {"queued", "started", "deferred", "scheduled"}
+# Whether a job will still run, judged from where it is rather than from its status alone: a job
+# a worker popped and then died with keeps the status `queued` while in no queue, and a `started`
+# job of a killed worker stays `started` until RQ's own cleanup, up to the job timeout.
+# Alive: in rq-scheduler's set, or `queued` and still in its queue's list, or `started` by a
+# worker whose key (renewed by its heartbeat) still exists, or waiting on RQ's own registries.
+_JOBS_ALIVE_SCRIPT = """
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local alive = 0
+  if redis.call('zscore', ARGV[3], id) then
+    alive = 1
+  else
+    local f = redis.call('hmget', ARGV[1] .. id, 'status', 'origin', 'worker_name')
+    local status, origin, worker = f[1], f[2], f[3]
+    if status == 'queued' and origin then
+      if redis.call('lpos', ARGV[2] .. origin, id) then alive = 1 end
+    elseif status == 'started' and worker and worker ~= '' then
+      alive = redis.call('exists', ARGV[4] .. worker)
+    elseif status == 'scheduled' or status == 'deferred' then
+      alive = 1
+    end
+  end
+  out[#out + 1] = alive
+end
+return out
+"""
 
 
 def jobs_alive(job_ids: Iterable[str]) -> dict[str, bool]:
-    """Whether each job will still run: it exists in Redis in a live state (one round trip)."""
+    """Whether each job will still run or is running on a live worker (one round trip)."""
     job_ids = list(dict.fromkeys(job_ids))
     if not job_ids:
         return {}
+    redis = connection()
+    answers = redis.register_script(_JOBS_ALIVE_SCRIPT)(
+        args=[
+            Job.redis_job_namespace_prefix,
+            Queue.redis_queue_namespace_prefix,
+            DjangoScheduler.scheduled_jobs_key,
+            "rq:worker:",
+            *job_ids,
+        ]
+    )
+    return {job_id: bool(alive) for job_id, alive in zip(job_ids, answers, strict=True)}
+
+
+# A drain marker says "a drain job for this priority is waiting in its queue". It expires on its
+# own so that a marker whose job was lost (a worker killed right after popping it, say) cannot
+# stop drains for longer than this even without the sweeper, which repairs it sooner.
+DRAIN_MARKER_TTL_SECONDS = 120
+
+
+def drain_marker_key(priority: str) -> str:
+    """Redis key naming the pending drain job of a priority."""
+    return f"mailqueue:drain:{priority}"
+
+
+def _drain_job_data(redis: Redis, priority: str, job_id: str):
+    return django_rq.get_queue(priority, connection=redis).prepare_data(
+        DRAIN_FUNC,
+        args=(priority,),
+        job_id=job_id,
+        timeout=JOB_TIMEOUT_SECONDS,
+        result_ttl=RESULT_TTL_SECONDS,
+        failure_ttl=FAILURE_TTL_SECONDS,
+        description=f"drain {priority}",
+    )
+
+
+def drains_request(priorities: Iterable[str], *, force: bool = False) -> list[str]:
+    """Make sure a drain job is pending for each priority; return the ids of jobs enqueued.
+
+    One `SET NX` per priority when a drain is already pending (the common case under load), one
+    more round trip when a job must be enqueued. `force` replaces the marker (the sweeper found
+    its job dead). Raises RedisError if Redis is unreachable.
+    """
+    priorities = list(dict.fromkeys(priorities))
+    if not priorities:
+        return []
+    redis = connection()
+    proposed = {priority: f"drain-{priority}-{uuid4().hex}" for priority in priorities}
+    pipe = redis.pipeline()
+    for priority, job_id in proposed.items():
+        pipe.set(
+            drain_marker_key(priority),
+            job_id,
+            ex=DRAIN_MARKER_TTL_SECONDS,
+            nx=not force,
+        )
+    wanted = [
+        priority for priority, was_set in zip(proposed, pipe.execute(), strict=True) if was_set
+    ]
+    if not wanted:
+        return []
+    pipe = redis.pipeline()
+    for priority in wanted:
+        django_rq.get_queue(priority, connection=redis).enqueue_many(
+            [_drain_job_data(redis, priority, proposed[priority])], pipeline=pipe
+        )
+    pipe.execute()
+    return [proposed[priority] for priority in wanted]
+
+
+def drain_started(priority: str) -> None:
+    """A drain job begins: drop the marker, so emails accepted from now on ask for a new drain.
+
+    Dropped before the job claims, never after: an email committed before this point is seen by
+    the claim, and one committed after it finds no marker and enqueues the next drain.
+    """
+    connection().delete(drain_marker_key(priority))
+
+
+def drains_pending() -> dict[str, str]:
+    """The marker's job id per priority, for priorities that have one (sweeper, dashboard)."""
+    names = [priority.value for priority in Priority]
     pipe = connection().pipeline()
-    for job_id in job_ids:
-        pipe.hget(Job.key_for(job_id), "status")
+    for name in names:
+        pipe.get(drain_marker_key(name))
     return {
-        job_id: (value.decode() if isinstance(value, bytes) else value) in LIVE_JOB_STATES
-        for job_id, value in zip(job_ids, pipe.execute(), strict=True)
+        name: value.decode()
+        for name, value in zip(names, pipe.execute(), strict=True)
+        if value is not None
     }
+
+
+def drains_request_on_commit(priorities: Iterable[str]) -> None:
+    """Ask for drains after the current transaction commits; if Redis is down, the sweeper will."""
+    priorities = list(priorities)
+
+    def _request() -> None:
+        try:
+            drains_request(priorities)
+        except RedisError as exc:
+            logger.warning("drain request failed, the sweeper will retry: %s", exc)
+
+    transaction.on_commit(_request)
 
 
 @dataclass(frozen=True)

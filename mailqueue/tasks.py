@@ -1,8 +1,20 @@
 """RQ tasks: take ids, call a service. No message content travels through Redis."""
 
-from mailqueue.services import emails_deliver
+from rq import get_current_job
+
+from mailqueue.services import emails_deliver, queue_drain
+
+
+def _job_id() -> str:
+    job = get_current_job()
+    return job.id if job is not None else ""
 
 
 def deliver_emails(email_ids: list[str]) -> dict:
-    """Deliver the emails of one job (one email, or a chunk of a batch)."""
-    return emails_deliver(email_ids=email_ids).as_dict()
+    """Deliver the emails named by one job (a scheduled send, a retry, a swept email)."""
+    return emails_deliver(email_ids=email_ids, job_id=_job_id()).as_dict()
+
+
+def drain_queue(priority: str) -> dict:
+    """Deliver the next chunk of queued emails of one priority."""
+    return queue_drain(priority=priority, job_id=_job_id()).as_dict()

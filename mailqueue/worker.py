@@ -6,6 +6,7 @@ from rq.queue import Queue
 from rq.worker import SimpleWorker
 
 from mailqueue.providers import close_all
+from mailqueue.services.delivery import send_pool_shutdown
 
 
 class MailqueueWorker(SimpleWorker):
@@ -32,6 +33,7 @@ class MailqueueWorker(SimpleWorker):
         super().unsubscribe()
 
     def teardown(self) -> None:
-        """Close provider connections on shutdown."""
+        """Stop the send threads and close provider connections on shutdown."""
+        send_pool_shutdown()
         close_all()
         super().teardown()

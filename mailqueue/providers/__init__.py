@@ -1,5 +1,6 @@
-"""Provider registry: names from EMAIL_PROVIDERS to one long-lived instance per process."""
+"""Provider registry: names from EMAIL_PROVIDERS to one long-lived instance per send thread."""
 
+import threading
 import time
 
 from mailqueue import conf
@@ -29,7 +30,13 @@ PROVIDER_CLASSES: dict[str, type[Provider]] = {
     "console": ConsoleProvider,
 }
 
-_instances: dict[str, Provider] = {}
+# Each send thread has its own instances (an SMTP session serves one message at a time); every
+# instance is also listed here so that close_all() reaches those of every thread.
+_local = threading.local()
+_all_instances: list[Provider] = []
+_registry_lock = threading.Lock()
+# Bumped by close_all(): a thread's instances from before it are dropped on its next lookup.
+_generation = 0
 # Provider name -> monotonic time until which it is skipped after an outage (per process).
 _cooling_until: dict[str, float] = {}
 
@@ -47,11 +54,17 @@ def provider_class(name: str) -> type[Provider]:
 
 
 def get_provider(name: str) -> Provider:
-    """The process-wide instance of a provider (its connection is reused across emails)."""
-    provider = _instances.get(name)
+    """This thread's instance of a provider (its connection is reused across emails)."""
+    instances = getattr(_local, "instances", None)
+    if instances is None or _local.generation != _generation:
+        instances = _local.instances = {}
+        _local.generation = _generation
+    provider = instances.get(name)
     if provider is None:
         provider = provider_class(name)(name)
-        _instances[name] = provider
+        instances[name] = provider
+        with _registry_lock:
+            _all_instances.append(provider)
     return provider
 
 
@@ -89,8 +102,12 @@ def providers_cooldown_remaining(providers: list[Provider]) -> float:
 
 
 def close_all() -> None:
-    """Close every open provider connection and forget outages (worker shutdown, tests)."""
-    for provider in _instances.values():
+    """Close every thread's provider connections and forget outages (worker shutdown, tests)."""
+    global _generation
+    with _registry_lock:
+        instances = list(_all_instances)
+        _all_instances.clear()
+        _generation += 1
+    for provider in instances:
         provider.close()
-    _instances.clear()
     _cooling_until.clear()

@@ -2,11 +2,15 @@
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.core.mail import EmailMessage
 from rq.timeouts import BaseTimeoutException
 
 from mailqueue.errors import DeliveryError
+
+if TYPE_CHECKING:
+    from mailqueue.models import CapturedMessage
 
 logger = logging.getLogger(__name__)
 
@@ -18,13 +22,17 @@ class SendResult:
     message_id: str
     # Recipients the provider refused while accepting the others: address -> reason.
     rejected: dict[str, str] = field(default_factory=dict)
+    # The `capture` provider's stored copy, written by the worker with the email's outcome
+    # (providers run in send threads, which never touch the database).
+    captured: "CapturedMessage | None" = None
 
 
 class Provider:
     """A way out for email. Subclasses implement `_open`, `_close`, `_send` and `_classify`.
 
-    One instance lives per worker process (see the registry), so whatever `_open` sets up
-    (an SMTP session, an HTTP session, a boto3 client) is reused across emails.
+    One instance lives per send thread of a worker process (see the registry), so whatever
+    `_open` sets up (an SMTP session, an HTTP session, a boto3 client) is reused across emails
+    and never shared between two sends at once.
     """
 
     name: str = ""

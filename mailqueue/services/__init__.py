@@ -7,7 +7,7 @@ from mailqueue.services.api_keys import (
     api_key_revoke,
     api_key_update,
 )
-from mailqueue.services.delivery import DeliveryReport, emails_deliver
+from mailqueue.services.delivery import DeliveryReport, emails_deliver, queue_drain
 from mailqueue.services.emails import (
     AttachmentInput,
     BatchRecipient,
@@ -56,6 +56,7 @@ __all__ = [
     "idempotency_begin",
     "idempotency_complete",
     "idempotency_release",
+    "queue_drain",
     "request_fingerprint",
     "template_send_test",
 ]

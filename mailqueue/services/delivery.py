@@ -1,21 +1,32 @@
-"""The worker side: claim emails, render them, hand them to providers, record the outcome."""
+"""The worker side: claim emails, render them, hand them to providers, record the outcomes.
+
+A delivery job claims a chunk of emails in one statement, then overlaps the network waits of
+up to MAILQUEUE_WORKER_CONCURRENCY sends at a time (threads with their own provider
+connections; they never touch the database), while the job's own thread writes the outcomes
+set-based, a small group at a time (at most OUTCOME_GROUP_SIZE emails or OUTCOME_GROUP_SECONDS
+of outcomes are held before they are written: a crash loses little).
+"""
 
 import logging
 import random
+import threading
 import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
 from django.core.mail import EmailMultiAlternatives
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 
 from mailqueue import conf
 from mailqueue.errors import DeliveryError, MailqueueError
-from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus
+from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.providers import (
     Provider,
     configured_providers,
@@ -25,7 +36,13 @@ from mailqueue.providers import (
     providers_cooldown_remaining,
     providers_in_service,
 )
-from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit, email_job_id
+from mailqueue.scheduling import (
+    DeliveryJob,
+    deliveries_enqueue_on_commit,
+    drain_started,
+    drains_request,
+    email_job_id,
+)
 from mailqueue.services.dead_letters import error_group_key
 from templates_app.rendering import RenderedContent, render_content
 from tracking.models import EventType
@@ -34,8 +51,16 @@ from tracking.services import NewEvent, events_record
 logger = logging.getLogger(__name__)
 
 CLAIMABLE = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.RETRYING)
-# email_deliver's answer when the email was taken back from this worker before it was sent.
+# email_deliver's answer when the email was taken back from this worker before it was sent, or
+# before its outcome could be recorded.
 LEASE_LOST = "lease_lost"
+# An email whose delivery raised an unexpected exception (a bug): it stays `sending` until the
+# sweeper takes it back when its lease ends.
+CRASHED = "crashed"
+# Outcomes held in memory before they are written: a worker killed between a provider's
+# acceptance and this write loses at most the emails in flight plus this many outcomes.
+OUTCOME_GROUP_SIZE = 10
+OUTCOME_GROUP_SECONDS = 0.25
 
 
 def claimable_filter(now: datetime) -> Q:
@@ -47,37 +72,54 @@ def claimable_filter(now: datetime) -> Q:
     )
 
 
-def emails_claim(*, email_ids: list[str]) -> list[EmailJob]:
-    """Move due emails among the ids to `sending` under a lease; each is claimed by one worker."""
-    now = timezone.now()
+def _claim(queryset, *, now: datetime, job_id: str) -> list[EmailJob]:
+    """Move the rows the queryset locks to `sending` under one claim token; load them to send."""
     token = uuid4()
     lease_until = now + timedelta(seconds=conf.lease_seconds())
     with transaction.atomic():
-        # SKIP LOCKED: a second worker holding the same ids skips rows being claimed right now,
-        # and the status condition in the UPDATE keeps it from claiming them afterwards.
-        ids = list(
-            EmailJob.objects.select_for_update(skip_locked=True)
-            .filter(claimable_filter(now), pk__in=email_ids)
-            .values_list("pk", flat=True)
-        )
+        # SKIP LOCKED: another worker claiming at the same moment takes other rows; the status
+        # condition in the UPDATE keeps anything claimed meanwhile from being claimed twice.
+        ids = list(queryset.select_for_update(skip_locked=True).values_list("pk", flat=True))
         if not ids:
             return []
-        EmailJob.objects.filter(claimable_filter(now), pk__in=ids).update(
+        claimed = EmailJob.objects.filter(claimable_filter(now), pk__in=ids).update(
             status=EmailStatus.SENDING,
             lease_expires_at=lease_until,
             claim_token=token,
             next_attempt_at=None,
+            rq_job_id=job_id,
             updated_at=now,
         )
-    # The rows were locked until the commit above, so every id in `ids` is ours now. They are
-    # sent in the job's order (the order they were accepted in, for a batch).
-    position = {str(email_id): index for index, email_id in enumerate(email_ids)}
-    claimed = (
-        EmailJob.objects.filter(pk__in=ids)
+    if not claimed:
+        return []
+    # By token, not by id: what this claim moved, even where row locks do not exist (SQLite).
+    return list(
+        EmailJob.objects.filter(claim_token=token)
         .select_related("template", "template_version")
         .prefetch_related("attachments")
     )
+
+
+def emails_claim(*, email_ids: list[str], job_id: str = "") -> list[EmailJob]:
+    """Move due emails among the ids to `sending` under a lease, in the ids' order."""
+    now = timezone.now()
+    claimed = _claim(
+        EmailJob.objects.filter(claimable_filter(now), pk__in=email_ids), now=now, job_id=job_id
+    )
+    # Sent in the job's order (the order they were accepted in, for a batch).
+    position = {str(email_id): index for index, email_id in enumerate(email_ids)}
     return sorted(claimed, key=lambda email: position.get(str(email.pk), len(position)))
+
+
+def emails_claim_queued(*, priority: str, limit: int, job_id: str = "") -> list[EmailJob]:
+    """Claim up to `limit` queued emails of one priority, oldest first (ids are time-ordered)."""
+    now = timezone.now()
+    queryset = (
+        EmailJob.objects.filter(status=EmailStatus.QUEUED, priority=priority)
+        .filter(Q(send_at__isnull=True) | Q(send_at__lte=now))
+        .order_by("pk")[:limit]
+    )
+    return sorted(_claim(queryset, now=now, job_id=job_id), key=lambda email: email.pk)
 
 
 def email_hold_lease(*, email: EmailJob) -> bool:
@@ -144,6 +186,7 @@ def email_build_message(*, email: EmailJob, content: RenderedContent) -> EmailMu
         message.content_subtype = "html"
     elif content.html:
         message.attach_alternative(content.html, "text/html")
+    # Prefetched with the claim: no query here, so this runs in a send thread.
     for attachment in email.attachments.all():
         message.attach(attachment.filename, bytes(attachment.content), attachment.mimetype)
     # anymail passes these to ESPs that support them; other backends ignore them.
@@ -169,6 +212,21 @@ class _Outcome:
     rejected: dict[str, str] = field(default_factory=dict)
     error: DeliveryError | None = None
     tries: list[DeliveryAttempt] = field(default_factory=list)
+    captured: list[CapturedMessage] = field(default_factory=list)
+
+
+@dataclass
+class Decision:
+    """What delivering one email came to, before it is written: the row's new fields and status,
+    the attempt rows, the events, a job to run later, and captured messages."""
+
+    email: EmailJob
+    status: str
+    fields: dict = field(default_factory=dict)
+    tries: list[DeliveryAttempt] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
+    captured: list[CapturedMessage] = field(default_factory=list)
+    job: DeliveryJob | None = None
 
 
 def _try_row(
@@ -181,7 +239,7 @@ def _try_row(
     else:
         outcome = DeliveryAttempt.Outcome.PERMANENT
     return DeliveryAttempt(
-        email=email,
+        email_id=email.pk,
         number=number,
         provider=provider,
         outcome=outcome,
@@ -220,12 +278,18 @@ def _attempt(
         provider_report_success(provider.name)
         outcome.sent, outcome.provider, outcome.error = True, provider.name, None
         outcome.message_id, outcome.rejected = result.message_id, result.rejected
+        if result.captured is not None:
+            result.captured.email_id = email.pk
+            outcome.captured.append(result.captured)
         break
     return outcome
 
 
-def email_deliver(*, email: EmailJob) -> str:
-    """Deliver one claimed (`sending`) email and record the outcome; return its new status."""
+def email_decide(*, email: EmailJob) -> Decision:
+    """Render and send one claimed email and decide its next status; writes nothing.
+
+    Safe to run in a send thread: it uses only the prefetched rows and this thread's providers.
+    """
     number = email.attempts + 1
     try:
         content = email_render(email=email)
@@ -237,10 +301,7 @@ def email_deliver(*, email: EmailJob) -> str:
         )
         outcome = _Outcome(sent=False, error=error)
         outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
-        return _email_finish_failed(email=email, number=number, outcome=outcome, content=None)
-    if not email_hold_lease(email=email):
-        logger.warning("email %s: lease lost before sending; another worker has it", email.pk)
-        return LEASE_LOST
+        return _decide_failed(email=email, number=number, outcome=outcome, content=None)
     try:
         # An email may name its own providers (a released capture, say).
         providers = (
@@ -252,26 +313,26 @@ def email_deliver(*, email: EmailJob) -> str:
         error = DeliveryError(str(exc), error_class="configuration")
         outcome = _Outcome(sent=False, error=error)
         outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
-        return _email_finish_unsent(email=email, number=number, outcome=outcome, content=content)
+        return _decide_unsent(email=email, number=number, outcome=outcome, content=content)
     usable = providers_in_service(providers)
     if not usable:
         # Every provider had an outage moments ago: nothing is tried (no timeout paid, no
         # attempt used up); the email waits until the first provider's cooldown ends.
-        return _email_wait_for_providers(email=email, providers=providers)
+        return _decide_wait_for_providers(email=email, providers=providers)
     outcome = _attempt(email, message, number, usable)
     if outcome.sent:
-        return _email_finish_sent(email=email, number=number, outcome=outcome, content=content)
-    return _email_finish_unsent(email=email, number=number, outcome=outcome, content=content)
+        return _decide_sent(email=email, number=number, outcome=outcome, content=content)
+    return _decide_unsent(email=email, number=number, outcome=outcome, content=content)
 
 
-def _email_finish_unsent(
+def _decide_unsent(
     *, email: EmailJob, number: int, outcome: _Outcome, content: RenderedContent
-) -> str:
+) -> Decision:
     """Retry later after a transient error with attempts left; fail otherwise."""
     assert outcome.error is not None
     if outcome.error.transient and number < email.max_attempts:
-        return _email_finish_retry(email=email, number=number, outcome=outcome)
-    return _email_finish_failed(email=email, number=number, outcome=outcome, content=content)
+        return _decide_retry(email=email, number=number, outcome=outcome)
+    return _decide_failed(email=email, number=number, outcome=outcome, content=content)
 
 
 def _content_fields(content: RenderedContent | None) -> dict:
@@ -280,25 +341,18 @@ def _content_fields(content: RenderedContent | None) -> dict:
     return {"subject": content.subject, "html": content.html, "text": content.text}
 
 
-def _finish(email: EmailJob, outcome: _Outcome, events: list[NewEvent], **fields) -> bool:
-    """Leave `sending` and record the attempt, in one transaction; False if the lease was lost."""
-    now = timezone.now()
-    with transaction.atomic():
-        updated = EmailJob.objects.filter(
-            pk=email.pk, status=EmailStatus.SENDING, claim_token=email.claim_token
-        ).update(lease_expires_at=None, claim_token=None, updated_at=now, **fields)
-        # The tries happened either way; the events only if this worker still owned the email.
-        DeliveryAttempt.objects.bulk_create(outcome.tries)
-        if updated:
-            events_record(events=events)
-    if not updated:
-        logger.warning("email %s: left `sending` while being delivered (lease lost)", email.pk)
-    return bool(updated)
+def _error_fields(error: DeliveryError) -> dict:
+    """The error columns of an email, written together so they always describe one error."""
+    return {
+        "last_error": error.message[:5000],
+        "error_class": error.error_class[:200],
+        "error_group": error_group_key(error_class=error.error_class, message=error.message),
+    }
 
 
-def _email_finish_sent(
+def _decide_sent(
     *, email: EmailJob, number: int, outcome: _Outcome, content: RenderedContent
-) -> str:
+) -> Decision:
     events = [
         NewEvent(
             email_id=email.pk,
@@ -319,29 +373,30 @@ def _email_finish_sent(
         )
         for address, reason in outcome.rejected.items()
     ]
-    _finish(
-        email,
-        outcome,
-        events,
+    last_error = ""
+    if outcome.rejected:
+        refused = "; ".join(f"{address}: {reason}" for address, reason in outcome.rejected.items())
+        last_error = f"Some recipients were refused: {refused}"[:5000]
+    return Decision(
+        email=email,
         status=EmailStatus.SENT,
-        attempts=number,
-        provider=outcome.provider,
-        message_id=outcome.message_id,
-        sent_at=timezone.now(),
-        last_error=(
-            "Some recipients were refused: "
-            + "; ".join(f"{address}: {reason}" for address, reason in outcome.rejected.items())
-        )[:5000]
-        if outcome.rejected
-        else "",
-        **_content_fields(content),
+        fields={
+            "attempts": number,
+            "provider": outcome.provider,
+            "message_id": outcome.message_id,
+            "sent_at": timezone.now(),
+            "last_error": last_error,
+            **_content_fields(content),
+        },
+        tries=outcome.tries,
+        events=events,
+        captured=outcome.captured,
     )
-    return EmailStatus.SENT
 
 
-def _email_finish_failed(
+def _decide_failed(
     *, email: EmailJob, number: int, outcome: _Outcome, content: RenderedContent | None
-) -> str:
+) -> Decision:
     error = outcome.error
     assert error is not None
     kind = "permanent error" if not error.transient else "gave up after the last attempt"
@@ -353,53 +408,36 @@ def _email_finish_failed(
         description=f"{kind}: {error.message}",
         data={"error_class": error.error_class},
     )
-    _finish(
-        email,
-        outcome,
-        [event],
+    return Decision(
+        email=email,
         status=EmailStatus.FAILED,
-        attempts=number,
-        last_error=error.message[:5000],
-        error_class=error.error_class[:200],
-        error_group=error_group_key(error_class=error.error_class, message=error.message),
-        **_content_fields(content),
+        fields={"attempts": number, **_error_fields(error), **_content_fields(content)},
+        tries=outcome.tries,
+        events=[event],
     )
-    return EmailStatus.FAILED
 
 
-def _email_finish_later(
+def _decide_later(
     *, email: EmailJob, outcome: _Outcome, event: NewEvent, next_at: datetime, job_id: str, **fields
-) -> str:
-    """Move a sending email to `retrying` and schedule its next job for `next_at`."""
-    with transaction.atomic():
-        moved = _finish(
-            email,
-            outcome,
-            [event],
-            status=EmailStatus.RETRYING,
-            next_attempt_at=next_at,
-            rq_job_id=job_id,
-            **fields,
-        )
-        if moved:
-            deliveries_enqueue_on_commit(
-                [
-                    DeliveryJob(
-                        job_id=job_id,
-                        email_ids=(str(email.pk),),
-                        priority=email.priority,
-                        run_at=next_at,
-                    )
-                ]
-            )
-    return EmailStatus.RETRYING
+) -> Decision:
+    """Move a sending email to `retrying`, with its next job scheduled for `next_at`."""
+    return Decision(
+        email=email,
+        status=EmailStatus.RETRYING,
+        fields={"next_attempt_at": next_at, "rq_job_id": job_id, **fields},
+        tries=outcome.tries,
+        events=[event],
+        job=DeliveryJob(
+            job_id=job_id, email_ids=(str(email.pk),), priority=email.priority, run_at=next_at
+        ),
+    )
 
 
-def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> str:
+def _decide_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> Decision:
     error = outcome.error
     assert error is not None
     next_at = timezone.now() + timedelta(seconds=backoff_seconds(number))
-    return _email_finish_later(
+    return _decide_later(
         email=email,
         outcome=outcome,
         event=NewEvent(
@@ -413,18 +451,16 @@ def _email_finish_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> s
         next_at=next_at,
         job_id=f"retry-{email.pk.hex}-{number}",
         attempts=number,
-        last_error=error.message[:5000],
-        error_class=error.error_class[:200],
-        error_group=error_group_key(error_class=error.error_class, message=error.message),
+        **_error_fields(error),
     )
 
 
-def _email_wait_for_providers(*, email: EmailJob, providers: list[Provider]) -> str:
+def _decide_wait_for_providers(*, email: EmailJob, providers: list[Provider]) -> Decision:
     """Put an email back to wait for a provider's cooldown, without counting an attempt."""
     next_at = timezone.now() + timedelta(seconds=providers_cooldown_remaining(providers))
     names = ", ".join(provider.name for provider in providers)
     message = f"Waiting: every provider is cooling down after an outage ({names})."
-    return _email_finish_later(
+    return _decide_later(
         email=email,
         outcome=_Outcome(sent=False),
         event=NewEvent(
@@ -439,6 +475,84 @@ def _email_wait_for_providers(*, email: EmailJob, providers: list[Provider]) -> 
     )
 
 
+def decisions_record(decisions: list[Decision]) -> list[str]:
+    """Write a group of decisions set-based, in one transaction; return each email's new status.
+
+    An email this worker no longer owns (the sweeper took it back, another worker claimed it)
+    keeps its row and gets no events: its answer is LEASE_LOST. The attempts are recorded
+    either way, because they happened.
+    """
+    if not decisions:
+        return []
+    now = timezone.now()
+    with transaction.atomic():
+        tokens = dict(
+            EmailJob.objects.select_for_update()
+            .filter(pk__in=[decision.email.pk for decision in decisions])
+            .filter(status=EmailStatus.SENDING)
+            .values_list("pk", "claim_token")
+        )
+        owned = [d for d in decisions if tokens.get(d.email.pk) == d.email.claim_token]
+        # One UPDATE per shape of change (sent, failed with or without content, ...): the rows
+        # are locked above, so each of them is still this worker's.
+        shapes: dict[tuple, list[EmailJob]] = {}
+        for decision in owned:
+            email = decision.email
+            values = {
+                **decision.fields,
+                "status": decision.status,
+                "lease_expires_at": None,
+                "claim_token": None,
+                "updated_at": now,
+            }
+            for name, value in values.items():
+                setattr(email, name, value)
+            shapes.setdefault(tuple(sorted(values)), []).append(email)
+        for names, emails in shapes.items():
+            _rows_update(emails, names)
+        DeliveryAttempt.objects.bulk_create([row for d in decisions for row in d.tries])
+        CapturedMessage.objects.bulk_create([row for d in decisions for row in d.captured])
+        events_record(events=[event for d in owned for event in d.events])
+        jobs = [d.job for d in owned if d.job is not None]
+        if jobs:
+            deliveries_enqueue_on_commit(jobs)
+    owned_ids = {decision.email.pk for decision in owned}
+    for decision in decisions:
+        if decision.email.pk not in owned_ids:
+            logger.warning("email %s: left `sending` while being delivered", decision.email.pk)
+    return [d.status if d.email.pk in owned_ids else LEASE_LOST for d in decisions]
+
+
+def _rows_update(emails: list[EmailJob], names: tuple[str, ...]) -> None:
+    """UPDATE the named columns of these rows, one statement per row sent in one batch.
+
+    Django's bulk_update builds a CASE expression per column and row, which costs more than
+    the send itself; executemany is one pipelined round trip on psycopg 3.
+    """
+    fields = [EmailJob._meta.get_field(name) for name in names]
+    pk = EmailJob._meta.pk
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    # Only quoted column names from the model go into the SQL; every value is a parameter.
+    table = quote(EmailJob._meta.db_table)
+    sql = f"UPDATE {table} SET {assignments} WHERE {quote(pk.column)} = %s"  # noqa: S608
+    params = [
+        [f.get_db_prep_save(getattr(email, f.attname), connection) for f in fields]
+        + [pk.get_db_prep_save(email.pk, connection)]
+        for email in emails
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def email_deliver(*, email: EmailJob) -> str:
+    """Deliver one claimed (`sending`) email and record the outcome; return its new status."""
+    if not email_hold_lease(email=email):
+        logger.warning("email %s: lease lost before sending; another worker has it", email.pk)
+        return LEASE_LOST
+    return decisions_record([email_decide(email=email)])[0]
+
+
 @dataclass
 class DeliveryReport:
     """What one delivery job did, stored as the RQ job's result."""
@@ -450,37 +564,117 @@ class DeliveryReport:
     skipped: int = 0
     rescheduled: int = 0
     lost: int = 0
+    crashed: int = 0
+
+    def count(self, status: str) -> None:
+        """Count one email's recorded outcome."""
+        name = {
+            EmailStatus.SENT: "sent",
+            EmailStatus.FAILED: "failed",
+            EmailStatus.RETRYING: "retrying",
+            LEASE_LOST: "lost",
+            CRASHED: "crashed",
+        }[status]
+        setattr(self, name, getattr(self, name) + 1)
 
     def as_dict(self) -> dict:
         """Plain dict for RQ's result storage."""
         return dict(self.__dict__)
 
 
-def emails_deliver(*, email_ids: list[str]) -> DeliveryReport:
-    """Claim and deliver the emails of one job over the worker's open provider connections."""
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _send_pool() -> ThreadPoolExecutor:
+    """This process's send threads (MAILQUEUE_WORKER_CONCURRENCY of them), made on first use."""
+    global _pool, _pool_size
+    size = conf.worker_concurrency()
+    with _pool_lock:
+        if _pool is None or _pool_size != size:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="mailqueue-send")
+            _pool_size = size
+        return _pool
+
+
+def send_pool_shutdown() -> None:
+    """Stop the send threads (worker shutdown); the next delivery makes new ones."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+        _pool, _pool_size = None, 0
+
+
+def _deliver_claimed(claimed: list[EmailJob], report: DeliveryReport) -> None:
+    """Send claimed emails over the send threads, writing outcomes a small group at a time."""
+    pool = _send_pool()
+    # Each email's lease is checked here, just before it is handed to a thread, and few are
+    # handed out ahead of time: an email is never sent long after its lease was last checked.
+    window = 2 * conf.worker_concurrency()
+    waiting = deque(claimed)
+    in_flight: dict[Future, EmailJob] = {}
+    held: list[Decision] = []
+    held_since = 0.0
+
+    def flush() -> None:
+        nonlocal held
+        if not held:
+            return
+        group, held = held, []
+        for status in decisions_record(group):
+            report.count(status)
+
+    try:
+        while waiting or in_flight:
+            while waiting and len(in_flight) < window:
+                email = waiting.popleft()
+                if email_hold_lease(email=email):
+                    in_flight[pool.submit(email_decide, email=email)] = email
+                else:
+                    logger.warning("email %s: lease lost before sending", email.pk)
+                    report.count(LEASE_LOST)
+            if not in_flight:
+                continue
+            timeout = None
+            if held:
+                timeout = max(0.0, held_since + OUTCOME_GROUP_SECONDS - time.monotonic())
+            done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in done:
+                email = in_flight.pop(future)
+                exc = future.exception()
+                if exc is not None:
+                    # A bug on one email must not stop the rest of the chunk; the email stays
+                    # `sending` and the sweeper takes it back when its lease ends.
+                    logger.error("email %s: delivery crashed", email.pk, exc_info=exc)
+                    _record_crash(email, exc)
+                    report.count(CRASHED)
+                    continue
+                if not held:
+                    held_since = time.monotonic()
+                held.append(future.result())
+            if held and (
+                len(held) >= OUTCOME_GROUP_SIZE
+                or time.monotonic() - held_since >= OUTCOME_GROUP_SECONDS
+                or not (waiting or in_flight)
+            ):
+                flush()
+        flush()  # outcomes held when the last emails in the window turned out lost
+    except BaseTimeoutException:
+        # RQ's job timeout: record what is known and stop; the rest goes back after its lease.
+        flush()
+        raise
+
+
+def emails_deliver(*, email_ids: list[str], job_id: str = "") -> DeliveryReport:
+    """Claim and deliver the emails named by one job (a scheduled send, a retry)."""
     report = DeliveryReport()
-    claimed = emails_claim(email_ids=email_ids)
+    claimed = emails_claim(email_ids=email_ids, job_id=job_id)
     report.claimed = len(claimed)
-    for email in claimed:
-        try:
-            status = email_deliver(email=email)
-        except BaseTimeoutException:
-            # RQ's job timeout: stop the chunk now; unsent emails go back after their lease.
-            raise
-        except Exception as exc:
-            # A bug or a database hiccup on one email must not stop the rest of the chunk; the
-            # email stays `sending` and the sweeper takes it back when its lease ends.
-            logger.exception("email %s: delivery crashed", email.pk)
-            _record_crash(email, exc)
-            status = "crashed"
-        if status == EmailStatus.SENT:
-            report.sent += 1
-        elif status == EmailStatus.FAILED:
-            report.failed += 1
-        elif status == EmailStatus.RETRYING:
-            report.retrying += 1
-        elif status == LEASE_LOST:
-            report.lost += 1
+    _deliver_claimed(claimed, report)
     if len(claimed) < len(email_ids):
         claimed_ids = {str(email.pk) for email in claimed}
         early = emails_not_yet_due(email_ids=[i for i in email_ids if i not in claimed_ids])
@@ -489,7 +683,32 @@ def emails_deliver(*, email_ids: list[str]) -> DeliveryReport:
     return report
 
 
-def _record_crash(email: EmailJob, exc: Exception) -> None:
+def queue_drain(*, priority: str, job_id: str = "") -> DeliveryReport:
+    """Claim the oldest queued emails of a priority (a chunk) and deliver them.
+
+    A full chunk means more may wait: another drain is requested before sending, so a second
+    worker process can take the next chunk meanwhile, and RQ still puts a `high` drain before
+    the next `low` one between chunks.
+    """
+    try:
+        drain_started(priority)
+    except RedisError as exc:
+        # The marker expires on its own; claiming from PostgreSQL needs no Redis.
+        logger.warning("drain %s: could not drop the marker: %s", priority, exc)
+    report = DeliveryReport()
+    chunk_size = conf.batch_chunk_size()
+    claimed = emails_claim_queued(priority=priority, limit=chunk_size, job_id=job_id)
+    report.claimed = len(claimed)
+    if len(claimed) >= chunk_size:
+        try:
+            drains_request([priority])
+        except RedisError as exc:
+            logger.warning("drain %s: could not request the next drain: %s", priority, exc)
+    _deliver_claimed(claimed, report)
+    return report
+
+
+def _record_crash(email: EmailJob, exc: BaseException) -> None:
     """Say on the email (and as an attempt) why its delivery crashed; the lease does the rest."""
     message = f"worker error: {type(exc).__name__}: {exc}"[:5000]
     try:
@@ -511,26 +730,28 @@ def _record_crash(email: EmailJob, exc: Exception) -> None:
 
 
 def _reschedule(emails: list[EmailJob]) -> int:
-    """Put back emails whose job ran before their time (never send early)."""
+    """Put back emails whose job ran before their time (never send early).
+
+    Each gets a job with a new id: the job running now keeps its own id, and RQ marks that id
+    finished (and lets it expire) when it ends.
+    """
+    jobs = []
     with transaction.atomic():
         for email in emails:
+            job_id = email_job_id(email.pk)
             # Point the row at its new job, or the sweeper would see the finished old one.
-            EmailJob.objects.filter(pk=email.pk, status=email.status).update(
-                rq_job_id=email_job_id(email.pk)
-            )
-        deliveries_enqueue_on_commit(
-            [
-                DeliveryJob(
-                    job_id=email_job_id(email.pk),
-                    email_ids=(str(email.pk),),
-                    priority=email.priority,
-                    run_at=(
-                        email.next_attempt_at
-                        if email.status == EmailStatus.RETRYING
-                        else email.send_at
-                    ),
+            if EmailJob.objects.filter(pk=email.pk, status=email.status).update(rq_job_id=job_id):
+                jobs.append(
+                    DeliveryJob(
+                        job_id=job_id,
+                        email_ids=(str(email.pk),),
+                        priority=email.priority,
+                        run_at=(
+                            email.next_attempt_at
+                            if email.status == EmailStatus.RETRYING
+                            else email.send_at
+                        ),
+                    )
                 )
-                for email in emails
-            ]
-        )
-    return len(emails)
+        deliveries_enqueue_on_commit(jobs)
+    return len(jobs)

@@ -5,7 +5,7 @@ import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
@@ -31,7 +31,9 @@ from mailqueue.scheduling import (
     DeliveryJob,
     deliveries_enqueue_on_commit,
     delivery_jobs_cancel,
+    drains_request_on_commit,
     email_job_id,
+    email_job_prefix,
 )
 from mailqueue.validation import address_spec, check_recipient_count
 from templates_app.models import EmailTemplate
@@ -120,7 +122,6 @@ def email_create(
         )
     now = timezone.now()
     email = EmailJob(
-        id=uuid4(),
         client=client,
         api_key=api_key,
         status=_initial_status(send_at, now),
@@ -146,7 +147,8 @@ def email_create(
         created_by_user=created_by_user,
         providers=list(providers),
     )
-    email.rq_job_id = email_job_id(email.id)
+    if email.status == EmailStatus.SCHEDULED:
+        email.rq_job_id = email_job_id(email.id)
     email.save(force_insert=True)
     EmailAttachment.objects.bulk_create(
         EmailAttachment(
@@ -154,16 +156,20 @@ def email_create(
         )
         for item in attachments
     )
-    deliveries_enqueue_on_commit(
-        [
-            DeliveryJob(
-                job_id=email.rq_job_id,
-                email_ids=(str(email.id),),
-                priority=email.priority,
-                run_at=email.send_at if email.status == EmailStatus.SCHEDULED else None,
-            )
-        ]
-    )
+    if email.status == EmailStatus.SCHEDULED:
+        deliveries_enqueue_on_commit(
+            [
+                DeliveryJob(
+                    job_id=email.rq_job_id,
+                    email_ids=(str(email.id),),
+                    priority=email.priority,
+                    run_at=email.send_at,
+                )
+            ]
+        )
+    else:
+        # Queued emails are claimed by their priority's drain job, oldest first.
+        drains_request_on_commit([email.priority])
     return email
 
 
@@ -189,7 +195,7 @@ def batch_create(
     tags: Sequence[str] = (),
     from_email: str | None = None,
 ) -> Batch:
-    """Store a batch and its emails in bulk; enqueue its chunk jobs in one Redis round trip."""
+    """Store a batch and its emails in bulk; ask for a drain, or schedule its chunk jobs."""
     if not recipients:
         raise ValidationFailed("A batch needs at least one recipient.", field="recipients")
     if len(recipients) > conf.batch_max():
@@ -218,46 +224,51 @@ def batch_create(
         tags=list(tags),
         count=len(recipients),
     )
-    chunk_size = conf.batch_chunk_size()
-    emails = []
-    jobs = []
-    for start in range(0, len(recipients), chunk_size):
-        job_id = f"batch-{batch.id.hex}-{start // chunk_size}"
-        chunk = []
-        for offset, recipient in enumerate(recipients[start : start + chunk_size]):
-            email = EmailJob(
-                id=uuid4(),
-                client=client,
-                api_key=api_key,
-                batch=batch,
-                status=status,
-                priority=priority,
-                from_email=from_email or "",
-                to=recipient.to,
-                recipient=address_spec(recipient.to[0]),
-                to_addresses=[address_spec(address) for address in recipient.to],
-                tags=list(tags),
-                metadata=recipient.metadata,
-                template=template_obj,
-                template_version=template_version,
-                context={**shared_context, **recipient.context},
-                subject=subjects[start + offset],
-                send_at=send_at,
-                max_attempts=conf.max_attempts(),
-                rq_job_id=job_id,
-            )
-            emails.append(email)
-            chunk.append(str(email.id))
-        jobs.append(
-            DeliveryJob(
-                job_id=job_id,
-                email_ids=tuple(chunk),
-                priority=priority,
-                run_at=send_at if status == EmailStatus.SCHEDULED else None,
-            )
+    emails = [
+        EmailJob(
+            client=client,
+            api_key=api_key,
+            batch=batch,
+            status=status,
+            priority=priority,
+            from_email=from_email or "",
+            to=recipient.to,
+            recipient=address_spec(recipient.to[0]),
+            to_addresses=[address_spec(address) for address in recipient.to],
+            tags=list(tags),
+            metadata=recipient.metadata,
+            template=template_obj,
+            template_version=template_version,
+            context={**shared_context, **recipient.context},
+            subject=subject,
+            send_at=send_at,
+            max_attempts=conf.max_attempts(),
         )
+        for recipient, subject in zip(recipients, subjects, strict=True)
+    ]
+    jobs = []
+    if status == EmailStatus.SCHEDULED:
+        # A scheduled batch is released in chunk jobs at its time, in the order it was given.
+        chunk_size = conf.batch_chunk_size()
+        for start in range(0, len(emails), chunk_size):
+            job_id = f"batch-{batch.id.hex}-{start // chunk_size}"
+            chunk = emails[start : start + chunk_size]
+            for email in chunk:
+                email.rq_job_id = job_id
+            jobs.append(
+                DeliveryJob(
+                    job_id=job_id,
+                    email_ids=tuple(str(email.id) for email in chunk),
+                    priority=priority,
+                    run_at=send_at,
+                )
+            )
     EmailJob.objects.bulk_create(emails, batch_size=500)
-    deliveries_enqueue_on_commit(jobs)
+    if jobs:
+        deliveries_enqueue_on_commit(jobs)
+    else:
+        # Ids are time-ordered: the drain claims the batch in the order it was given.
+        drains_request_on_commit([priority])
     return batch
 
 
@@ -299,8 +310,14 @@ def emails_cancel_many(*, email_ids: Iterable[UUID]) -> BulkResult:
             status=EmailStatus.CANCELLED, next_attempt_at=None, updated_at=timezone.now()
         )
         _record_status_events(ids, EventType.CANCELLED, "Cancelled.")
-        # Jobs that carry only this email can go; shared jobs (batch chunks) skip cancelled rows.
-        own_jobs = [row["rq_job_id"] for row in rows if row["rq_job_id"] == email_job_id(row["pk"])]
+        # Jobs that carry only this email can go; shared jobs (batch chunks, drains) skip
+        # cancelled rows.
+        own_jobs = [
+            row["rq_job_id"]
+            for row in rows
+            if row["rq_job_id"].startswith(email_job_prefix(row["pk"]))
+            or row["rq_job_id"].startswith(f"retry-{row['pk'].hex}-")
+        ]
         transaction.on_commit(lambda: delivery_jobs_cancel(own_jobs))
     return BulkResult(changed=len(ids), skipped=len(email_ids) - len(ids), changed_ids=ids)
 
@@ -309,42 +326,27 @@ def emails_cancel_many(*, email_ids: Iterable[UUID]) -> BulkResult:
 def emails_retry_many(*, email_ids: Iterable[UUID]) -> BulkResult:
     """Queue every failed or cancelled email among the ids again, sent as soon as possible.
 
-    Emails are grouped into chunk jobs like a batch, so retrying thousands costs a few
-    statements and one Redis round trip.
+    They are queued like new emails and claimed by their priority's drain (in the order they
+    were first accepted), so retrying thousands costs a few statements and one Redis call.
     """
     email_ids = list(email_ids)
     rows = _lock_in_status(email_ids, RETRYABLE)
-    by_priority: dict[str, list[UUID]] = {}
-    for row in rows:
-        by_priority.setdefault(row["priority"], []).append(row["pk"])
-    now = timezone.now()
-    jobs = []
-    chunk_size = conf.batch_chunk_size()
-    for priority, ids in by_priority.items():
-        for start in range(0, len(ids), chunk_size):
-            chunk = ids[start : start + chunk_size]
-            job_id = email_job_id(chunk[0]) if len(chunk) == 1 else f"retry-{uuid4().hex}"
-            EmailJob.objects.filter(pk__in=chunk).update(
-                status=EmailStatus.QUEUED,
-                send_at=None,
-                next_attempt_at=None,
-                lease_expires_at=None,
-                attempts=0,
-                last_error="",
-                error_class="",
-                error_group="",
-                rq_job_id=job_id,
-                updated_at=now,
-            )
-            jobs.append(
-                DeliveryJob(
-                    job_id=job_id, email_ids=tuple(str(pk) for pk in chunk), priority=priority
-                )
-            )
     ids = [row["pk"] for row in rows]
     if ids:
+        EmailJob.objects.filter(pk__in=ids).update(
+            status=EmailStatus.QUEUED,
+            send_at=None,
+            next_attempt_at=None,
+            lease_expires_at=None,
+            attempts=0,
+            last_error="",
+            error_class="",
+            error_group="",
+            rq_job_id="",
+            updated_at=timezone.now(),
+        )
         _record_status_events(ids, EventType.QUEUED, "Queued again by a retry.")
-        deliveries_enqueue_on_commit(jobs)
+        drains_request_on_commit(sorted({row["priority"] for row in rows}))
     return BulkResult(changed=len(ids), skipped=len(email_ids) - len(ids), changed_ids=ids)
 
 

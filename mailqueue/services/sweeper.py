@@ -14,15 +14,23 @@ from django.db import transaction
 from django.utils import timezone
 
 from mailqueue import conf
-from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus, IdempotencyRecord
-from mailqueue.scheduling import DeliveryJob, deliveries_enqueue, email_job_id, jobs_alive
+from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus, IdempotencyRecord, Priority
+from mailqueue.scheduling import (
+    DeliveryJob,
+    deliveries_enqueue,
+    drains_pending,
+    drains_request,
+    email_job_id,
+    jobs_alive,
+)
 from mailqueue.services.dead_letters import error_group_key
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
 
 logger = logging.getLogger(__name__)
 
-WAITING = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.RETRYING)
+# Waiting for a job of their own (queued emails wait for their priority's drain instead).
+WAITING_FOR_JOB = (EmailStatus.SCHEDULED, EmailStatus.RETRYING)
 PAGE_SIZE = 500
 MAX_PAGES = 20
 
@@ -32,6 +40,7 @@ class SweepResult:
     """What one sweep did."""
 
     requeued: int = 0
+    drains: int = 0
     reclaimed: int = 0
     failed: int = 0
     idempotency_keys_expired: int = 0
@@ -39,11 +48,12 @@ class SweepResult:
     @property
     def total(self) -> int:
         """Emails the sweep acted on."""
-        return self.requeued + self.reclaimed + self.failed
+        return self.requeued + self.drains + self.reclaimed + self.failed
 
     def __str__(self) -> str:
         return (
-            f"requeued={self.requeued} reclaimed={self.reclaimed} failed={self.failed} "
+            f"requeued={self.requeued} drains={self.drains} reclaimed={self.reclaimed} "
+            f"failed={self.failed} "
             f"idempotency_keys_expired={self.idempotency_keys_expired}"
         )
 
@@ -52,6 +62,7 @@ def emails_sweep() -> SweepResult:
     """Take back expired leases, re-enqueue emails whose job Redis lost, expire old keys."""
     result = SweepResult()
     _reclaim_expired_leases(result)
+    _repair_drains(result)
     _requeue_lost_jobs(result)
     cutoff = timezone.now() - timedelta(hours=conf.idempotency_ttl_hours())
     result.idempotency_keys_expired, _ = IdempotencyRecord.objects.filter(
@@ -126,20 +137,44 @@ def _reclaim_expired_leases(result: SweepResult) -> None:
         deliveries_enqueue(jobs)
 
 
+def _repair_drains(result: SweepResult) -> None:
+    """Request a drain for each priority whose queued emails wait with no live drain job.
+
+    A drain's marker outlives its job when Redis lost the job, or a worker died after popping
+    it and before it started: without this, accepting more email would not enqueue a drain.
+    """
+    settled_before = timezone.now() - timedelta(seconds=conf.sweep_grace_seconds())
+    waiting = [
+        priority.value
+        for priority in Priority
+        if EmailJob.objects.filter(
+            status=EmailStatus.QUEUED, priority=priority, updated_at__lt=settled_before
+        ).exists()
+    ]
+    if not waiting:
+        return
+    pending = drains_pending()
+    alive = jobs_alive(pending[priority] for priority in waiting if priority in pending)
+    dead = [priority for priority in waiting if not alive.get(pending.get(priority, ""))]
+    if dead:
+        result.drains += len(drains_request(dead, force=True))
+        logger.info("sweeper: requested drains for %s (no live drain job)", ", ".join(dead))
+
+
 # Where the last sweep stopped scanning, so a backlog larger than one sweep's scan (far-future
 # scheduled emails, say) never hides newer emails from later sweeps. Per process; None = start.
 _resume_after: tuple | None = None
 
 
 def _requeue_lost_jobs(result: SweepResult) -> None:
-    """Re-enqueue waiting emails whose RQ job is gone (Redis flushed or restarted empty)."""
+    """Re-enqueue scheduled and retrying emails whose RQ job is gone (Redis flushed, say)."""
     global _resume_after
     now = timezone.now()
     settled_before = now - timedelta(seconds=conf.sweep_grace_seconds())
     last_key = _resume_after
     _resume_after = None
     for _ in range(MAX_PAGES):
-        page = EmailJob.objects.filter(status__in=WAITING, updated_at__lt=settled_before)
+        page = EmailJob.objects.filter(status__in=WAITING_FOR_JOB, updated_at__lt=settled_before)
         if last_key is not None:
             page = page.filter(updated_at__gte=last_key[0]).exclude(
                 updated_at=last_key[0], pk__lte=last_key[1]

@@ -83,17 +83,20 @@ def test_recipient_context_overrides_the_shared_context(
     assert metadata == {"ada@example.com": {"id": 1}, "bob@example.com": {}}
 
 
-def test_batch_of_250_is_three_jobs_not_250_and_all_get_sent(
+def test_batch_of_250_is_one_drain_job_not_250_and_all_get_sent(
     api, welcome_template, django_capture_on_commit_callbacks
 ):
-    """With chunks of 100, 250 recipients become 3 Redis jobs; a worker sends all 250."""
+    """250 recipients ask for one drain job; it takes them 100 at a time until all are sent."""
     with django_capture_on_commit_callbacks(execute=True):
         response = post_batch(api, recipients=recipients(250))
 
     assert response.status_code == 202
-    assert len(django_rq.get_queue("default")) == 3
+    assert len(django_rq.get_queue("default")) == 1
 
-    run_worker()
+    reports = [job.return_value() for job in _finished_jobs(run_worker())]
+
+    # A full chunk asks for the next drain before it sends; the last one is short.
+    assert [report["claimed"] for report in reports] == [100, 100, 50]
 
     counts = api.get(f"{BATCHES}{response.json()['id']}/").json()["status_counts"]
     assert counts["sent"] == 250
@@ -104,12 +107,34 @@ def test_batch_of_250_is_three_jobs_not_250_and_all_get_sent(
 def test_chunk_size_follows_the_setting(
     api, welcome_template, settings, django_capture_on_commit_callbacks
 ):
-    """MAILQUEUE_BATCH_CHUNK_SIZE decides how many emails one job carries."""
+    """MAILQUEUE_BATCH_CHUNK_SIZE decides how many emails one job claims."""
     settings.MAILQUEUE_BATCH_CHUNK_SIZE = 2
     with django_capture_on_commit_callbacks(execute=True):
         post_batch(api, recipients=recipients(5))
+    assert queue_lengths()["default"] == 1
 
-    assert queue_lengths()["default"] == 3
+    reports = [job.return_value() for job in _finished_jobs(run_worker())]
+
+    assert [report["claimed"] for report in reports] == [2, 2, 1]
+
+
+def _finished_jobs(worker):
+    """The jobs a burst worker finished, oldest first."""
+    registry = django_rq.get_queue("default").finished_job_registry
+    jobs = [django_rq.get_queue("default").fetch_job(job_id) for job_id in registry.get_job_ids()]
+    return sorted(jobs, key=lambda job: job.ended_at)
+
+
+def test_scheduled_batch_is_released_in_chunk_jobs(
+    api, welcome_template, settings, django_capture_on_commit_callbacks
+):
+    """A batch for later is held in the scheduler as chunk jobs of MAILQUEUE_BATCH_CHUNK_SIZE."""
+    settings.MAILQUEUE_BATCH_CHUNK_SIZE = 2
+    send_at = timezone.now() + timedelta(hours=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        post_batch(api, recipients=recipients(5), send_at=send_at.isoformat())
+
+    assert get_scheduler().count() == 3
 
 
 def test_high_priority_batch_uses_the_high_queue(

@@ -187,8 +187,9 @@ def test_postmark_rejecting_the_message_fails_it(postmark, send, work):
 
 
 @pytest.mark.django_db
-def test_postmark_provider_reuses_one_http_session(postmark, send, work):
-    """Two emails in one worker run go through the same requests session."""
+def test_postmark_provider_reuses_one_http_session(postmark, send, work, settings):
+    """Two emails in one worker run go through the same requests session (one send thread)."""
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1
     sessions = []
 
     def accept(request):

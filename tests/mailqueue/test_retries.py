@@ -132,7 +132,9 @@ def test_retry_job_that_runs_early_does_not_send(
     assert email.next_attempt_at == next_attempt_at
     assert email.attempts == 1
     assert smtp_sink.messages == []
-    assert scheduled_entries()[f"email-{email.pk.hex}"] == next_attempt_at.timestamp()
+    # A job of its own, under a new id: the job that ran early keeps its id until it ends.
+    assert email.rq_job_id != f"retry-{email.pk.hex}-1"
+    assert scheduled_entries()[email.rq_job_id] == next_attempt_at.timestamp()
 
 
 def test_permanent_failure_fails_at_once(smtp_sink, send, work):
@@ -296,6 +298,8 @@ def test_provider_in_an_outage_is_skipped_for_the_next_emails(settings, send):
     settings.EMAIL_PROVIDERS = ["smtp", "capture"]
     settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": free_port()}
     settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 0.5
+    # One send thread: with N, up to N emails already in flight meet the outage at once.
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1
     emails = [send(f"user{n}@example.com") for n in range(3)]
 
     # One chunk in one process, as a worker runs it (a worker's shutdown forgets outages).
@@ -320,6 +324,7 @@ def test_all_providers_cooling_down_defers_without_using_an_attempt(
     settings.EMAIL_PROVIDERS = ["smtp"]
     settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": free_port()}
     settings.MAILQUEUE_MAX_ATTEMPTS = 1
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1  # the second email is sent after the first fails
     first, second = send("a@example.com"), send("b@example.com")
 
     with django_capture_on_commit_callbacks(execute=True):

@@ -14,7 +14,7 @@ from mailqueue.models import (
     IdempotencyRecord,
 )
 from mailqueue.scheduling import connection as redis_connection
-from mailqueue.scheduling import get_scheduler
+from mailqueue.scheduling import drains_pending, get_scheduler, jobs_alive
 from mailqueue.services import BatchRecipient, batch_create, email_create, emails_sweep
 from mailqueue.services.delivery import LEASE_LOST, email_deliver, emails_claim
 from tests.helpers import queue_lengths, run_worker
@@ -47,18 +47,76 @@ def send(issued_key, django_capture_on_commit_callbacks):
     return make
 
 
+def _pending_drain(priority: str = "default") -> Job:
+    return Job.fetch(drains_pending()[priority], connection=redis_connection())
+
+
 @pytest.mark.django_db
-def test_email_whose_job_was_deleted_is_requeued_and_sent(smtp_sink, no_grace, send):
-    """A queued email with no RQ job left is put back on its queue by a sweep."""
+def test_email_whose_drain_job_was_deleted_is_drained_and_sent(smtp_sink, no_grace, send):
+    """A queued email whose drain job is gone (marker left behind) gets a new drain by a sweep."""
     email = send()
-    Job.fetch(email.rq_job_id, connection=redis_connection()).delete()
+    _pending_drain().delete()
     assert queue_lengths()["default"] == 0
 
     result = emails_sweep()
 
-    assert result.requeued == 1
+    assert result.drains == 1
     assert queue_lengths()["default"] == 1
     run_worker()
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+    assert len(smtp_sink.messages) == 1
+
+
+@pytest.mark.django_db
+def test_drain_popped_by_a_worker_killed_before_it_started_is_replaced(smtp_sink, no_grace, send):
+    """A worker took the drain job off its queue and died before running it: the job still says
+    `queued` but sits in no queue, so it will never run; the sweep replaces it."""
+    email = send()
+    job = _pending_drain()
+    redis_connection().lrem(f"rq:queue:{job.origin}", 0, job.id)  # what the dead worker's pop did
+    assert job.get_status(refresh=True) == "queued"
+    assert send("later@example.com").status == EmailStatus.QUEUED  # the marker blocks a new drain
+    assert queue_lengths()["default"] == 0
+
+    assert emails_sweep().drains == 1
+    run_worker()
+
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+    assert len(smtp_sink.messages) == 2
+
+
+@pytest.mark.django_db
+def test_job_started_by_a_worker_that_died_is_not_taken_for_alive(smtp_sink, no_grace, send):
+    """A `started` job whose worker's heartbeat key is gone is dead, whatever its status says."""
+    email = send()
+    job = _pending_drain()
+    redis_connection().lrem(f"rq:queue:{job.origin}", 0, job.id)
+    redis_connection().hset(job.key, mapping={"status": "started", "worker_name": "killed-worker"})
+    assert jobs_alive([job.id]) == {job.id: False}
+    redis_connection().set("rq:worker:killed-worker", "alive")  # were its heartbeat still fresh
+    assert jobs_alive([job.id]) == {job.id: True}
+    redis_connection().delete("rq:worker:killed-worker")
+
+    assert emails_sweep().drains == 1
+    run_worker()
+
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
+
+
+@pytest.mark.django_db
+def test_scheduled_job_popped_by_a_dead_worker_is_requeued(smtp_sink, no_grace, send):
+    """An id job (a scheduled send) lost between the pop and the claim is given a new job."""
+    email = send(send_at=timezone.now() + timedelta(milliseconds=200))
+    sleep_until(email.send_at)
+    get_scheduler().enqueue_jobs()
+    redis_connection().lrem("rq:queue:default", 0, email.rq_job_id)
+
+    assert emails_sweep().requeued == 1
+    run_worker()
+
     email.refresh_from_db()
     assert email.status == EmailStatus.SENT
     assert len(smtp_sink.messages) == 1
@@ -97,8 +155,8 @@ def test_batch_lost_in_a_redis_flush_is_sent_exactly_once(
     third = emails_sweep()
     run_worker()
 
-    assert result.requeued == 60
-    assert second.requeued == 0
+    assert (result.requeued, result.drains) == (0, 1)
+    assert second.total == 0  # the new drain is waiting in its queue: alive
     assert third.total == 0
     assert len(smtp_sink.messages) == 60
     assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == sorted(
@@ -297,7 +355,7 @@ def test_running_scheduler_sweeps_a_flushed_email_back_by_itself(issued_key, tmp
             wait_until(sent, timeout=15, what="the swept email to be sent", logs=tmp_path)
 
     email.refresh_from_db()
-    assert email.rq_job_id.startswith("sweep-")
+    assert email.rq_job_id.startswith("drain-default-")
     assert CapturedMessage.objects.filter(email=email).count() == 1
 
 
@@ -337,7 +395,8 @@ def test_stale_worker_cannot_overwrite_the_new_owners_outcome(smtp_sink, send):
 
     # The stale worker got as far as sending: its lease check passes (it believes half is left).
     stale.lease_expires_at = timezone.now() + timedelta(hours=1)
-    assert email_deliver(email=stale) == EmailStatus.SENT  # it did send (at-least-once)...
+    assert email_deliver(email=stale) == LEASE_LOST  # it did send (at-least-once)...
+    assert len(smtp_sink.messages) == 1
     email.refresh_from_db()
     assert email.status == EmailStatus.SENDING  # ...but the row still belongs to the new owner
     assert email.claim_token == owner.claim_token
@@ -351,12 +410,15 @@ def test_sweeps_resume_where_the_last_one_stopped(smtp_sink, no_grace, send, mon
     monkeypatch.setattr(sweeper, "PAGE_SIZE", 2)
     monkeypatch.setattr(sweeper, "MAX_PAGES", 1)
     monkeypatch.setattr(sweeper, "_resume_after", None)
-    emails = [send(to=f"user{n}@example.com") for n in range(5)]
+    send_at = timezone.now() + timedelta(milliseconds=300)
+    emails = [send(to=f"user{n}@example.com", send_at=send_at) for n in range(5)]
     redis_connection().flushdb()
 
     requeued = [emails_sweep().requeued for _ in range(3)]
 
     assert requeued == [2, 2, 1]
+    sleep_until(send_at)
+    get_scheduler().enqueue_jobs()
     run_worker()
     assert len(smtp_sink.messages) == 5
     assert all(

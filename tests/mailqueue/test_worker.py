@@ -161,9 +161,10 @@ def test_recipient_refused_while_others_accept_is_recorded(
 
 
 def test_batch_is_one_job_and_one_smtp_connection(
-    api, smtp_sink, welcome_template, django_capture_on_commit_callbacks
+    api, smtp_sink, welcome_template, settings, django_capture_on_commit_callbacks
 ):
     """30 recipients are one RQ job (not 30) and go out over a single SMTP session."""
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1
     recipients = [
         {"to": [f"user{n}@example.com"], "context": {"name": f"User {n}"}} for n in range(30)
     ]
@@ -190,11 +191,32 @@ def test_batch_is_one_job_and_one_smtp_connection(
     assert set(batch_emails.values_list("status", flat=True)) == {EmailStatus.SENT}
 
 
-def test_batch_is_split_into_chunk_jobs(
+def test_send_threads_each_keep_their_own_smtp_session(
+    api, smtp_sink, welcome_template, settings, django_capture_on_commit_callbacks
+):
+    """With MAILQUEUE_WORKER_CONCURRENCY=3, 30 emails share at most 3 sessions, one per thread."""
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 3
+    recipients = [{"to": [f"u{n}@example.com"], "context": {"name": f"U{n}"}} for n in range(30)]
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post(
+            "/api/v1/batches/", {"template": "welcome", "recipients": recipients}, format="json"
+        )
+
+    run_worker()
+
+    assert len(smtp_sink.messages) == 30
+    assert 1 <= len(smtp_sink.sessions) <= 3
+    assert len({m.message["Message-ID"] for m in smtp_sink.messages}) == 30
+    assert set(EmailJob.objects.values_list("status", flat=True)) == {EmailStatus.SENT}
+    assert DeliveryAttempt.objects.count() == 30
+
+
+def test_batch_is_drained_in_chunks(
     issued_key, smtp_sink, welcome_template, settings, django_capture_on_commit_callbacks
 ):
-    """With a chunk size of 10, 25 recipients are 3 jobs, still sharing one SMTP session."""
+    """With a chunk size of 10, 25 recipients are drained in 3 chunks over one SMTP session."""
     settings.MAILQUEUE_BATCH_CHUNK_SIZE = 10
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1
     with django_capture_on_commit_callbacks(execute=True):
         batch_create(
             client=issued_key.api_key.client,
@@ -204,32 +226,40 @@ def test_batch_is_split_into_chunk_jobs(
                 for n in range(25)
             ],
         )
-    assert queue_lengths()["default"] == 3
+    assert queue_lengths()["default"] == 1
 
     run_worker()
 
     assert len(smtp_sink.messages) == 25
     assert len(smtp_sink.sessions) == 1
+    # In the order the batch gave them (ids are time-ordered; one send thread keeps the order).
+    assert [m.rcpt_tos[0] for m in smtp_sink.messages] == [f"u{n}@example.com" for n in range(25)]
 
 
 def test_separate_emails_in_one_worker_run_share_one_connection(
-    issued_key, smtp_sink, welcome_template, django_capture_on_commit_callbacks
+    issued_key, smtp_sink, welcome_template, settings, django_capture_on_commit_callbacks
 ):
-    """The SMTP connection is kept open across jobs in the same worker process."""
+    """Separate emails ask for one drain per priority; the SMTP connection outlives each job."""
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1
     client = issued_key.api_key.client
     with django_capture_on_commit_callbacks(execute=True):
-        for name in ("a", "b"):
+        for name, priority in (("a", "default"), ("b", "default"), ("c", "high")):
             email_create(
                 client=client,
                 to=[f"{name}@example.com"],
                 template="welcome",
                 context={"name": name},
+                priority=priority,
             )
-    assert queue_lengths()["default"] == 2
+    assert queue_lengths() == {"high": 1, "default": 1, "low": 0}
 
     run_worker()
 
-    assert len(smtp_sink.messages) == 2
+    assert [m.rcpt_tos[0] for m in smtp_sink.messages] == [
+        "c@example.com",
+        "a@example.com",
+        "b@example.com",
+    ]
     assert len(smtp_sink.sessions) == 1
 
 
@@ -258,7 +288,7 @@ def test_high_priority_email_jumps_ahead_of_500_low_ones(
             text="reset link",
             priority="high",
         )
-    assert queue_lengths() == {"high": 1, "default": 0, "low": 10}
+    assert queue_lengths() == {"high": 1, "default": 0, "low": 1}
 
     run_worker()
 
@@ -277,6 +307,7 @@ def test_job_for_an_unknown_email_finishes_without_error(smtp_sink):
         "skipped": 1,
         "rescheduled": 0,
         "lost": 0,
+        "crashed": 0,
     }
     deliveries_enqueue(
         [
