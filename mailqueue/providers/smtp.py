@@ -1,6 +1,7 @@
 """The `smtp` provider: Django's SMTP backend with one connection kept open across emails."""
 
 import smtplib
+from email.utils import parseaddr
 
 from django.conf import settings
 from django.core.mail import EmailMessage
@@ -10,10 +11,12 @@ from django.core.mail.message import sanitize_address
 from mailqueue import conf
 from mailqueue.errors import DeliveryError
 from mailqueue.providers.base import Provider, SendResult, delivery_error
+from mailqueue.providers.mime import fast_message_bytes
 
 
 class RecordingSmtpBackend(EmailBackend):
-    """Django's SMTP backend that keeps the recipients the server refused.
+    """Django's SMTP backend that keeps the recipients the server refused, and builds common
+    messages without the `email` package.
 
     Django drops `sendmail()`'s answer; when a server accepts the message for some recipients
     and refuses others, that answer is the only record of who will not get it.
@@ -27,13 +30,24 @@ class RecordingSmtpBackend(EmailBackend):
         if not email_message.recipients():
             return False
         encoding = email_message.encoding or settings.DEFAULT_CHARSET
-        from_email = sanitize_address(email_message.from_email, encoding)
-        recipients = [sanitize_address(addr, encoding) for addr in email_message.recipients()]
-        message = email_message.message()
-        self.refused = self.connection.sendmail(
-            from_email, recipients, message.as_bytes(linesep="\r\n")
-        )
+        # The envelope needs only the bare addresses; Django's sanitize_address parses each
+        # with the `email` package, which costs more than the SMTP exchange's own CPU.
+        from_email = _envelope_address(email_message.from_email, encoding)
+        recipients = [_envelope_address(addr, encoding) for addr in email_message.recipients()]
+        data = fast_message_bytes(email_message)
+        if data is None:
+            data = email_message.message().as_bytes(linesep="\r\n")
+        self.refused = self.connection.sendmail(from_email, recipients, data)
         return True
+
+
+def _envelope_address(value: str, encoding: str) -> str:
+    """The addr-spec smtplib puts in MAIL FROM / RCPT TO (non-ASCII goes through Django)."""
+    if value.isascii():
+        address = parseaddr(value)[1]
+        if address.count("@") == 1:
+            return address
+    return sanitize_address(value, encoding)
 
 
 class SmtpProvider(Provider):

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
 from django.core.mail import EmailMultiAlternatives
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -44,16 +44,14 @@ from mailqueue.scheduling import (
     email_job_id,
 )
 from mailqueue.services.dead_letters import error_group_key
+from mailqueue.services.outcomes import LEASE_LOST, Decision, decisions_record
 from templates_app.rendering import RenderedContent, render_content
 from tracking.models import EventType
-from tracking.services import NewEvent, events_record
+from tracking.services import NewEvent
 
 logger = logging.getLogger(__name__)
 
 CLAIMABLE = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.RETRYING)
-# email_deliver's answer when the email was taken back from this worker before it was sent, or
-# before its outcome could be recorded.
-LEASE_LOST = "lease_lost"
 # An email whose delivery raised an unexpected exception (a bug): it stays `sending` until the
 # sweeper takes it back when its lease ends.
 CRASHED = "crashed"
@@ -213,20 +211,6 @@ class _Outcome:
     error: DeliveryError | None = None
     tries: list[DeliveryAttempt] = field(default_factory=list)
     captured: list[CapturedMessage] = field(default_factory=list)
-
-
-@dataclass
-class Decision:
-    """What delivering one email came to, before it is written: the row's new fields and status,
-    the attempt rows, the events, a job to run later, and captured messages."""
-
-    email: EmailJob
-    status: str
-    fields: dict = field(default_factory=dict)
-    tries: list[DeliveryAttempt] = field(default_factory=list)
-    events: list[NewEvent] = field(default_factory=list)
-    captured: list[CapturedMessage] = field(default_factory=list)
-    job: DeliveryJob | None = None
 
 
 def _try_row(
@@ -473,76 +457,6 @@ def _decide_wait_for_providers(*, email: EmailJob, providers: list[Provider]) ->
         job_id=f"wait-{uuid4().hex}",
         last_error=message,
     )
-
-
-def decisions_record(decisions: list[Decision]) -> list[str]:
-    """Write a group of decisions set-based, in one transaction; return each email's new status.
-
-    An email this worker no longer owns (the sweeper took it back, another worker claimed it)
-    keeps its row and gets no events: its answer is LEASE_LOST. The attempts are recorded
-    either way, because they happened.
-    """
-    if not decisions:
-        return []
-    now = timezone.now()
-    with transaction.atomic():
-        tokens = dict(
-            EmailJob.objects.select_for_update()
-            .filter(pk__in=[decision.email.pk for decision in decisions])
-            .filter(status=EmailStatus.SENDING)
-            .values_list("pk", "claim_token")
-        )
-        owned = [d for d in decisions if tokens.get(d.email.pk) == d.email.claim_token]
-        # One UPDATE per shape of change (sent, failed with or without content, ...): the rows
-        # are locked above, so each of them is still this worker's.
-        shapes: dict[tuple, list[EmailJob]] = {}
-        for decision in owned:
-            email = decision.email
-            values = {
-                **decision.fields,
-                "status": decision.status,
-                "lease_expires_at": None,
-                "claim_token": None,
-                "updated_at": now,
-            }
-            for name, value in values.items():
-                setattr(email, name, value)
-            shapes.setdefault(tuple(sorted(values)), []).append(email)
-        for names, emails in shapes.items():
-            _rows_update(emails, names)
-        DeliveryAttempt.objects.bulk_create([row for d in decisions for row in d.tries])
-        CapturedMessage.objects.bulk_create([row for d in decisions for row in d.captured])
-        events_record(events=[event for d in owned for event in d.events])
-        jobs = [d.job for d in owned if d.job is not None]
-        if jobs:
-            deliveries_enqueue_on_commit(jobs)
-    owned_ids = {decision.email.pk for decision in owned}
-    for decision in decisions:
-        if decision.email.pk not in owned_ids:
-            logger.warning("email %s: left `sending` while being delivered", decision.email.pk)
-    return [d.status if d.email.pk in owned_ids else LEASE_LOST for d in decisions]
-
-
-def _rows_update(emails: list[EmailJob], names: tuple[str, ...]) -> None:
-    """UPDATE the named columns of these rows, one statement per row sent in one batch.
-
-    Django's bulk_update builds a CASE expression per column and row, which costs more than
-    the send itself; executemany is one pipelined round trip on psycopg 3.
-    """
-    fields = [EmailJob._meta.get_field(name) for name in names]
-    pk = EmailJob._meta.pk
-    quote = connection.ops.quote_name
-    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
-    # Only quoted column names from the model go into the SQL; every value is a parameter.
-    table = quote(EmailJob._meta.db_table)
-    sql = f"UPDATE {table} SET {assignments} WHERE {quote(pk.column)} = %s"  # noqa: S608
-    params = [
-        [f.get_db_prep_save(getattr(email, f.attname), connection) for f in fields]
-        + [pk.get_db_prep_save(email.pk, connection)]
-        for email in emails
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
 
 
 def email_deliver(*, email: EmailJob) -> str:

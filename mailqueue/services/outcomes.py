@@ -1,0 +1,210 @@
+"""Writing what delivery decided for a group of emails, set-based.
+
+A worker holds at most a small group of outcomes before it writes them (see delivery.py); this
+module writes one group. On PostgreSQL it is one statement, one round trip: the UPDATE that
+checks each email is still this worker's (status `sending` and its claim token), the attempt,
+capture and event INSERTs, in data-modifying CTEs, so events exist only for the emails whose
+UPDATE matched. Other databases (SQLite for `make run`) take the same steps through the ORM in
+one transaction.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
+from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit
+from tracking.models import TrackingEvent
+from tracking.services import NewEvent, events_record
+
+logger = logging.getLogger(__name__)
+
+# decisions_record's answer for an email taken back from this worker before its outcome was
+# written (the sweeper reclaimed it after its lease ran out, another worker claimed it).
+LEASE_LOST = "lease_lost"
+
+
+@dataclass
+class Decision:
+    """What delivering one email came to, before it is written: the row's new status and fields,
+    the attempt rows, the events, a job to run later, and captured messages."""
+
+    email: EmailJob
+    status: str
+    fields: dict = field(default_factory=dict)
+    tries: list[DeliveryAttempt] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
+    captured: list[CapturedMessage] = field(default_factory=list)
+    job: DeliveryJob | None = None
+
+
+# Columns a decision may change, with the type its value is cast to in the statement. A value a
+# decision does not set is NULL there and keeps the column as it is.
+_UPDATED_COLUMNS = {
+    "status": "text",
+    "attempts": "integer",
+    "provider": "text",
+    "message_id": "text",
+    "sent_at": "timestamptz",
+    "last_error": "text",
+    "error_class": "text",
+    "error_group": "text",
+    "next_attempt_at": "timestamptz",
+    "rq_job_id": "text",
+    "subject": "text",
+    "html": "text",
+    "text": "text",
+}
+_EVENT_COLUMNS = {
+    "email_id": "uuid",
+    "event_type": "text",
+    "occurred_at": "timestamptz",
+    "provider": "text",
+    "recipient": "text",
+    "description": "text",
+    "data": "jsonb",
+    "created_at": "timestamptz",
+}
+
+
+def decisions_record(decisions: list[Decision]) -> list[str]:
+    """Write a group of decisions; return each email's new status, or LEASE_LOST.
+
+    An email this worker no longer owns keeps its row and gets no events. Its attempts are
+    recorded either way, because they happened.
+    """
+    if not decisions:
+        return []
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        owned_ids = _record_postgresql(decisions, now)
+    else:
+        owned_ids = _record_with_orm(decisions, now)
+    jobs = [d.job for d in decisions if d.job is not None and d.email.pk in owned_ids]
+    if jobs:
+        deliveries_enqueue_on_commit(jobs)
+    statuses = []
+    for decision in decisions:
+        if decision.email.pk in owned_ids:
+            statuses.append(decision.status)
+        else:
+            logger.warning("email %s: left `sending` while being delivered", decision.email.pk)
+            statuses.append(LEASE_LOST)
+    return statuses
+
+
+def _changes(decision: Decision) -> dict:
+    values = {name: decision.fields.get(name) for name in _UPDATED_COLUMNS}
+    values["status"] = decision.status
+    return values
+
+
+def _prep(model: type[models.Model], name: str, value):
+    return model._meta.get_field(name).get_db_prep_save(value, connection)
+
+
+def _insert_rows(model: type[models.Model], rows: list[models.Model]) -> tuple[str, list]:
+    """Column list and VALUES rows (SQL, params) of an INSERT of these unsaved instances."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    params = []
+    for row in rows:
+        params += [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
+    return f"({columns}) VALUES {values}", params
+
+
+def _typed_values(columns: dict[str, str], rows: list[list]) -> tuple[str, list]:
+    """A VALUES list whose every value is cast to its column's type (rows may be all NULL)."""
+    row = "(" + ", ".join(f"%s::{kind}" for kind in columns.values()) + ")"
+    return ", ".join([row] * len(rows)), [value for values in rows for value in values]
+
+
+def _record_postgresql(decisions: list[Decision], now) -> set:
+    """One statement: UPDATE the owned rows, INSERT attempts, captures and their events."""
+    quote = connection.ops.quote_name
+    decided_sql, params = _typed_values(
+        {"id": "uuid", "token": "uuid", **_UPDATED_COLUMNS},
+        [
+            [d.email.pk, d.email.claim_token]
+            + [_prep(EmailJob, name, value) for name, value in _changes(d).items()]
+            for d in decisions
+        ],
+    )
+    assignments = ", ".join(
+        f"{quote(name)} = COALESCE(decided.{quote(name)}, email.{quote(name)})"
+        for name in _UPDATED_COLUMNS
+    )
+    decided_columns = ", ".join(quote(name) for name in ["id", "token", *_UPDATED_COLUMNS])
+    parts = [
+        f"WITH decided ({decided_columns}) AS (VALUES {decided_sql}), "
+        f"owned AS (UPDATE {quote(EmailJob._meta.db_table)} AS email SET {assignments}, "
+        "lease_expires_at = NULL, claim_token = NULL, updated_at = %s "
+        "FROM decided WHERE email.id = decided.id AND email.status = %s "
+        "AND email.claim_token = decided.token RETURNING email.id)"
+    ]
+    params += [now, EmailStatus.SENDING]
+    for model, rows in (
+        (DeliveryAttempt, [row for d in decisions for row in d.tries]),
+        (CapturedMessage, [row for d in decisions for row in d.captured]),
+    ):
+        if rows:
+            insert_sql, insert_params = _insert_rows(model, rows)
+            parts.append(
+                f", {model._meta.model_name} AS (INSERT INTO {quote(model._meta.db_table)} "
+                f"{insert_sql})"
+            )
+            params += insert_params
+    events = [(event, d.email.pk) for d in decisions for event in d.events]
+    if events:
+        events_sql, events_params = _typed_values(
+            _EVENT_COLUMNS,
+            [
+                [
+                    email_id,
+                    event.event_type,
+                    event.occurred_at or now,
+                    event.provider,
+                    event.recipient,
+                    event.description[:2000],
+                    _prep(TrackingEvent, "data", event.data),
+                    now,
+                ]
+                for event, email_id in events
+            ],
+        )
+        event_columns = ", ".join(quote(name) for name in _EVENT_COLUMNS)
+        parts.append(
+            f", events AS (INSERT INTO {quote(TrackingEvent._meta.db_table)} ({event_columns}) "
+            f"SELECT * FROM (VALUES {events_sql}) AS event ({event_columns}) "
+            "WHERE event.email_id IN (SELECT id FROM owned))"
+        )
+        params += events_params
+    parts.append(" SELECT id FROM owned")
+    with connection.cursor() as cursor:
+        # Only quoted names from the models go into the SQL; every value is a parameter.
+        cursor.execute("".join(parts), params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _record_with_orm(decisions: list[Decision], now) -> set:
+    """The same writes through the ORM, in one transaction (databases other than PostgreSQL)."""
+    with transaction.atomic():
+        tokens = dict(
+            EmailJob.objects.select_for_update()
+            .filter(pk__in=[decision.email.pk for decision in decisions])
+            .filter(status=EmailStatus.SENDING)
+            .values_list("pk", "claim_token")
+        )
+        owned = [d for d in decisions if tokens.get(d.email.pk) == d.email.claim_token]
+        for decision in owned:
+            changes = {name: v for name, v in _changes(decision).items() if v is not None}
+            EmailJob.objects.filter(pk=decision.email.pk).update(
+                **changes, lease_expires_at=None, claim_token=None, updated_at=now
+            )
+        DeliveryAttempt.objects.bulk_create([row for d in decisions for row in d.tries])
+        CapturedMessage.objects.bulk_create([row for d in decisions for row in d.captured])
+        events_record(events=[event for d in owned for event in d.events])
+    return {decision.email.pk for decision in owned}
