@@ -26,7 +26,13 @@ from rq.timeouts import BaseTimeoutException
 
 from mailqueue import conf
 from mailqueue.errors import DeliveryError, MailqueueError
-from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
+from mailqueue.models import (
+    CapturedMessage,
+    DeliveryAttempt,
+    EmailAttachment,
+    EmailJob,
+    EmailStatus,
+)
 from mailqueue.providers import (
     Provider,
     configured_providers,
@@ -45,6 +51,7 @@ from mailqueue.scheduling import (
 )
 from mailqueue.services.dead_letters import error_group_key
 from mailqueue.services.outcomes import LEASE_LOST, Decision, decisions_record
+from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.rendering import RenderedContent, render_content
 from tracking.models import EventType
 from tracking.services import NewEvent
@@ -91,11 +98,37 @@ def _claim(queryset, *, now: datetime, job_id: str) -> list[EmailJob]:
     if not claimed:
         return []
     # By token, not by id: what this claim moved, even where row locks do not exist (SQLite).
-    return list(
-        EmailJob.objects.filter(claim_token=token)
-        .select_related("template", "template_version")
-        .prefetch_related("attachments")
-    )
+    emails = list(EmailJob.objects.filter(claim_token=token))
+    _load_for_sending(emails)
+    return emails
+
+
+# Template versions never change once written: each worker process keeps the ones it used.
+_versions: dict[int, EmailTemplateVersion] = {}
+_VERSIONS_KEPT = 256
+
+
+def _load_for_sending(emails: list[EmailJob]) -> None:
+    """Attach what rendering and building needs, a query per kind for the whole chunk: template
+    versions (cached per process), unversioned templates, and attachments."""
+    wanted = {e.template_version_id for e in emails if e.template_version_id} - _versions.keys()
+    if wanted:
+        if len(_versions) + len(wanted) > _VERSIONS_KEPT:
+            _versions.clear()
+        _versions.update(EmailTemplateVersion.objects.in_bulk(list(wanted)))
+    unversioned = {e.template_id for e in emails if e.template_id and not e.template_version_id}
+    templates = EmailTemplate.objects.in_bulk(list(unversioned)) if unversioned else {}
+    attachments: dict = {}
+    for attachment in EmailAttachment.objects.filter(email_id__in=[e.pk for e in emails]):
+        attachments.setdefault(attachment.email_id, []).append(attachment)
+    for email in emails:
+        if email.template_version_id:
+            EmailJob.template_version.field.set_cached_value(
+                email, _versions[email.template_version_id]
+            )
+        elif email.template_id:
+            EmailJob.template.field.set_cached_value(email, templates[email.template_id])
+        email.attachment_rows = attachments.get(email.pk, [])
 
 
 def emails_claim(*, email_ids: list[str], job_id: str = "") -> list[EmailJob]:
@@ -184,8 +217,9 @@ def email_build_message(*, email: EmailJob, content: RenderedContent) -> EmailMu
         message.content_subtype = "html"
     elif content.html:
         message.attach_alternative(content.html, "text/html")
-    # Prefetched with the claim: no query here, so this runs in a send thread.
-    for attachment in email.attachments.all():
+    # Loaded with the claim: no query here, so this runs in a send thread.
+    rows = getattr(email, "attachment_rows", None)
+    for attachment in email.attachments.all() if rows is None else rows:
         message.attach(attachment.filename, bytes(attachment.content), attachment.mimetype)
     # anymail passes these to ESPs that support them; other backends ignore them.
     message.tags = list(email.tags)

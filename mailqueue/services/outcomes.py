@@ -117,9 +117,23 @@ def _insert_rows(model: type[models.Model], rows: list[models.Model]) -> tuple[s
 
 
 def _typed_values(columns: dict[str, str], rows: list[list]) -> tuple[str, list]:
-    """A VALUES list whose every value is cast to its column's type (rows may be all NULL)."""
-    row = "(" + ", ".join(f"%s::{kind}" for kind in columns.values()) + ")"
-    return ", ".join([row] * len(rows)), [value for values in rows for value in values]
+    """A VALUES list whose every value is cast to its column's type (a column may be all NULL).
+
+    NULLs are written into the SQL rather than passed: most columns of a decision are NULL
+    ("keep"), and each parameter costs the client a quoting pass.
+    """
+    kinds = list(columns.values())
+    sql_rows, params = [], []
+    for values in rows:
+        cells = []
+        for kind, value in zip(kinds, values, strict=True):
+            if value is None:
+                cells.append(f"NULL::{kind}")
+            else:
+                cells.append(f"%s::{kind}")
+                params.append(value)
+        sql_rows.append("(" + ", ".join(cells) + ")")
+    return ", ".join(sql_rows), params
 
 
 def _record_postgresql(decisions: list[Decision], now) -> set:
