@@ -604,9 +604,10 @@ def _deliver_claimed(claimed: list[EmailJob], report: DeliveryReport) -> None:
                 if not held:
                     held_since = time.monotonic()
                 held.append(future.result())
+                if len(held) >= OUTCOME_GROUP_SIZE:
+                    flush()
             if held and (
-                len(held) >= OUTCOME_GROUP_SIZE
-                or time.monotonic() - held_since >= OUTCOME_GROUP_SECONDS
+                time.monotonic() - held_since >= OUTCOME_GROUP_SECONDS
                 or not (waiting or in_flight)
             ):
                 flush()
