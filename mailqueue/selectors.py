@@ -437,6 +437,9 @@ class DashboardStats:
     failed_last_day: int
     hourly: list[HourBucket] = field(default_factory=list)
     oldest_due_scheduled_at: datetime | None = None
+    # Emails waiting for their priority's drain, from PostgreSQL: one drain job serves many
+    # emails, so the Redis queue depths count jobs, not emails.
+    queued_emails: dict[str, int] = field(default_factory=dict)
 
     @property
     def oldest_waiting_at(self) -> datetime | None:
@@ -509,6 +512,20 @@ def events_per_hour(
     return [HourBucket(start=start, counts=counts[start]) for start in starts]
 
 
+def queued_email_counts() -> dict[str, int]:
+    """Queued emails per priority (an index-only count on the drain's partial index)."""
+    counts = dict.fromkeys(DASHBOARD_QUEUES, 0)
+    rows = (
+        EmailJob.objects.filter(status=EmailStatus.QUEUED)
+        .values("priority")
+        .annotate(n=Count("priority"))
+        .order_by()
+    )
+    for row in rows:
+        counts[row["priority"]] = row["n"]
+    return counts
+
+
 def dashboard_stats(*, now: datetime | None = None) -> DashboardStats:
     """Queue depths, workers, the oldest waiting email, recent sends and failures, hourly chart.
 
@@ -547,4 +564,5 @@ def dashboard_stats(*, now: datetime | None = None) -> DashboardStats:
         failed_last_hour=failed_hour,
         failed_last_day=failed_day,
         hourly=events_per_hour(now=now),
+        queued_emails=queued_email_counts(),
     )

@@ -176,7 +176,14 @@ def dashboard_context(stats: DashboardStats) -> dict[str, Any]:
     return {
         "stats": stats,
         "queues": [
-            (name, depth, _rq_url("jobs", name)) for name, depth in stats.queue_depths.items()
+            (
+                name,
+                depth,
+                _rq_url("jobs", name),
+                stats.queued_emails.get(name, 0),
+                email_changelist_url(status__exact=EmailStatus.QUEUED, priority__exact=name),
+            )
+            for name, depth in stats.queue_depths.items()
         ],
         "scheduled_url": _rq_url("scheduler_jobs", "default"),
         "workers_url": _rq_url("workers", "default"),

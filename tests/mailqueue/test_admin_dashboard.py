@@ -77,6 +77,7 @@ def test_stats_count_recent_events_and_bucket_them_per_hour(activity):
     assert (stats.sent_last_hour, stats.sent_last_day) == (3, 5)
     assert (stats.failed_last_hour, stats.failed_last_day) == (1, 1)
     assert stats.queue_depths == {"high": 0, "default": 0, "low": 0}
+    assert stats.queued_emails == {"high": 0, "default": 1, "low": 0}
     assert stats.workers == 0
     assert stats.redis_error == ""
     assert round(stats.oldest_waiting_seconds) == 7 * 60
@@ -109,6 +110,8 @@ def test_dashboard_renders_numbers_links_and_an_svg_chart(
     assert response.status_code == 200
 
     assert element(page, "dashboard-queue-high") == "2"
+    assert element(page, "dashboard-queued-default") == "1"
+    assert "priority__exact=default" in href(page, "dashboard-queued-default")
     assert element(page, "dashboard-queue-default") == "0"
     assert element(page, "dashboard-queue-low") == "0"
     assert element(page, "dashboard-scheduled") == "0"
