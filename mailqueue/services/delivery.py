@@ -607,8 +607,7 @@ def _deliver_claimed(claimed: list[EmailJob], report: DeliveryReport) -> None:
                 if len(held) >= OUTCOME_GROUP_SIZE:
                     flush()
             if held and (
-                time.monotonic() - held_since >= OUTCOME_GROUP_SECONDS
-                or not (waiting or in_flight)
+                time.monotonic() - held_since >= OUTCOME_GROUP_SECONDS or not (waiting or in_flight)
             ):
                 flush()
         flush()  # outcomes held when the last emails in the window turned out lost
