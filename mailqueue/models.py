@@ -130,12 +130,21 @@ class EmailJob(models.Model):
     """One email: what was asked, its rendered content, and where it is in its lifecycle."""
 
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="emails")
+    # No single-column indexes on client, batch and template: the composite indexes below start
+    # with them and serve the same lookups; each index costs every INSERT and status change.
+    client = models.ForeignKey(
+        Client, on_delete=models.PROTECT, related_name="emails", db_index=False
+    )
     api_key = models.ForeignKey(
         ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     batch = models.ForeignKey(
-        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="emails"
+        Batch,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="emails",
+        db_index=False,
     )
     status = models.CharField(max_length=10, choices=EmailStatus.choices)
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.DEFAULT)
@@ -159,6 +168,7 @@ class EmailJob(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="emails",
+        db_index=False,
     )
     # The exact template content this email is rendered with (pinned when it is accepted).
     template_version = models.ForeignKey(

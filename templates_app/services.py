@@ -101,7 +101,11 @@ def template_restore(
 
 
 def template_current_version(*, template: EmailTemplate) -> EmailTemplateVersion | None:
-    """The version row holding the template's current content."""
+    """The version row holding the template's current content (loaded by template_get_active)."""
+    # The selector's copy is used only while it still matches the instance's version number.
+    loaded = getattr(template, "_current_version", None)
+    if loaded is not None and loaded.number == template.version:
+        return loaded
     return EmailTemplateVersion.objects.filter(template=template, number=template.version).first()
 
 

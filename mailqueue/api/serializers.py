@@ -2,6 +2,7 @@
 
 import mimetypes
 
+from django.utils.functional import cached_property
 from rest_framework import serializers
 
 from mailqueue import conf
@@ -15,6 +16,31 @@ from mailqueue.errors import ValidationFailed
 from mailqueue.models import Batch, DeliveryAttempt, EmailJob, EmailStatus, Priority
 from mailqueue.validation import validate_headers
 from tracking.models import TrackingEvent
+
+
+class SharedFieldsMixin:
+    """Builds a serializer class's fields once and shares them between its instances.
+
+    DRF deep-copies every field for every serializer instance (and a ModelSerializer first
+    inspects the model again), so that one instance may change its own fields; on the
+    POST /emails/ path that copying cost more than validating and answering. Only for
+    serializers whose fields keep no state between calls and read neither `context` nor
+    `partial`: the shared fields see an empty context.
+    """
+
+    @cached_property
+    def fields(self) -> serializers.BindingDict:
+        """The class's fields, bound once to a prototype instance of the class."""
+        cls = type(self)
+        shared = cls.__dict__.get("_shared_fields")
+        if shared is None:
+            prototype = cls()
+            shared = serializers.BindingDict(prototype)
+            for name, field in prototype.get_fields().items():
+                shared[name] = field
+            # A race between two threads builds the fields twice; both results are the same.
+            cls._shared_fields = shared
+        return shared
 
 
 class StrictSerializer(serializers.Serializer):
@@ -65,7 +91,7 @@ def _validate_json_object(value: object, field: str) -> dict:
     return value
 
 
-class EmailCreateInputSerializer(StrictSerializer):
+class EmailCreateInputSerializer(SharedFieldsMixin, StrictSerializer):
     """Body of POST /api/v1/emails/."""
 
     to = AddressListField()
@@ -194,7 +220,7 @@ class EmailListOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class EmailAcceptedOutputSerializer(EmailListOutputSerializer):
+class EmailAcceptedOutputSerializer(SharedFieldsMixin, EmailListOutputSerializer):
     """Answer to POST /api/v1/emails/ (same fields as a list item)."""
 
 

@@ -3,6 +3,7 @@
 import base64
 import binascii
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -80,7 +81,6 @@ def _initial_status(send_at: datetime | None, now: datetime) -> str:
     return EmailStatus.SCHEDULED if send_at and send_at > now else EmailStatus.QUEUED
 
 
-@transaction.atomic
 def email_create(
     *,
     client: Client,
@@ -104,8 +104,9 @@ def email_create(
     created_by_user: AbstractBaseUser | None = None,
     providers: Sequence[str] = (),
 ) -> EmailJob:
-    """Store one email in the outbox and enqueue its delivery once the transaction commits."""
+    """Store one email in the outbox and ask for its delivery once the row is committed."""
     context = context or {}
+    attachments = list(attachments)
     check_recipient_count(to=list(to), cc=list(cc), bcc=list(bcc))
     template_obj = template_version = None
     if template:
@@ -121,6 +122,7 @@ def email_create(
             field="template",
         )
     now = timezone.now()
+    to_addresses = [address_spec(address) for address in to]
     email = EmailJob(
         client=client,
         api_key=api_key,
@@ -131,8 +133,8 @@ def email_create(
         cc=list(cc),
         bcc=list(bcc),
         reply_to=list(reply_to),
-        recipient=address_spec(to[0]),
-        to_addresses=[address_spec(address) for address in to],
+        to_addresses=to_addresses,
+        recipient=to_addresses[0],
         headers=headers or {},
         tags=list(tags),
         metadata=metadata or {},
@@ -149,13 +151,21 @@ def email_create(
     )
     if email.status == EmailStatus.SCHEDULED:
         email.rq_job_id = email_job_id(email.id)
-    email.save(force_insert=True)
-    EmailAttachment.objects.bulk_create(
-        EmailAttachment(
-            email=email, filename=item.filename, mimetype=item.mimetype, content=item.content
-        )
-        for item in attachments
-    )
+    # One INSERT commits on its own: a transaction (two more round trips per request) is opened
+    # only when attachments must be stored with the email. Inside a caller's transaction, the
+    # drain or the job below still waits for that transaction's commit.
+    with transaction.atomic() if attachments else nullcontext():
+        email.save(force_insert=True)
+        if attachments:
+            EmailAttachment.objects.bulk_create(
+                EmailAttachment(
+                    email=email,
+                    filename=item.filename,
+                    mimetype=item.mimetype,
+                    content=item.content,
+                )
+                for item in attachments
+            )
     if email.status == EmailStatus.SCHEDULED:
         deliveries_enqueue_on_commit(
             [

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -49,7 +50,13 @@ def idempotency_begin(
     cutoff = now - timedelta(hours=conf.idempotency_ttl_hours())
     for _ in range(2):
         try:
-            with transaction.atomic():
+            # Outside a transaction the INSERT commits on its own; inside one, a savepoint
+            # keeps a duplicate key from breaking the caller's transaction.
+            with (
+                transaction.atomic()
+                if transaction.get_connection().in_atomic_block
+                else nullcontext()
+            ):
                 record = IdempotencyRecord.objects.create(
                     client=client, key=key, request_hash=fingerprint, created_at=now
                 )

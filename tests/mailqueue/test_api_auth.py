@@ -1,12 +1,15 @@
 """API keys, scopes, per-client isolation, throttling, and the OpenAPI schema and docs."""
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from mailqueue.models import ApiKey
-from mailqueue.services import api_key_revoke
+from mailqueue.services import api_key_authenticate, api_key_revoke, api_key_update
 
 EMAILS = "/api/v1/emails/"
 RAW_EMAIL = {"to": "ada@example.com", "subject": "Hi", "text": "Hello"}
@@ -77,6 +80,49 @@ def test_valid_key_is_accepted_and_marks_last_use(issued_key):
 
     assert response.status_code == 200
     assert ApiKey.objects.get(pk=issued_key.api_key.pk).last_used_at is not None
+
+
+def test_last_use_is_written_at_most_once_a_minute(issued_key):
+    """Requests within a minute of the recorded last use write nothing; a later one does."""
+    client = bearer(issued_key.plaintext)
+    client.get(EMAILS)
+    recorded = ApiKey.objects.get(pk=issued_key.api_key.pk).last_used_at
+
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(EMAILS).status_code == 200
+    ApiKey.objects.filter(pk=issued_key.api_key.pk).update(
+        last_used_at=recorded - timedelta(minutes=2)
+    )
+    client.get(EMAILS)
+
+    assert not [query for query in queries if query["sql"].startswith("UPDATE")]
+    assert ApiKey.objects.get(pk=issued_key.api_key.pk).last_used_at > recorded
+
+
+def test_authenticated_key_is_the_stored_key_with_its_client(issued_key):
+    """The key a request runs as carries every stored value, and its client's name."""
+    stored = ApiKey.objects.select_related("client").get(pk=issued_key.api_key.pk)
+
+    api_key = api_key_authenticate(token=issued_key.plaintext)
+
+    for field in ApiKey._meta.concrete_fields:
+        if field.name != "last_used_at":  # written by this very authentication
+            assert getattr(api_key, field.attname) == getattr(stored, field.attname), field.name
+    assert api_key.last_used_at is not None
+    assert api_key.client == stored.client
+    assert api_key.client.name == "acme"
+
+
+def test_scope_change_applies_to_the_next_request(issued_key):
+    """Taking the `send` scope away from a key refuses its very next send."""
+    client = bearer(issued_key.plaintext)
+    assert client.post(EMAILS, RAW_EMAIL, format="json").status_code == 202
+
+    api_key_update(api_key=issued_key.api_key, scopes=["read"])
+
+    response = client.post(EMAILS, RAW_EMAIL, format="json")
+    assert response.status_code == 403
+    assert "'send'" in response.json()["detail"]
 
 
 def test_revoked_key_is_401(issued_key):

@@ -1,11 +1,13 @@
 """POST/GET /api/v1/emails/, email detail, retry and cancel: the contract callers rely on."""
 
 import base64
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
 
+from mailqueue.api.serializers import EmailCreateInputSerializer
 from mailqueue.models import EmailAttachment, EmailJob, EmailStatus
 from mailqueue.scheduling import get_scheduler
 from mailqueue.services import emails_sweep
@@ -843,3 +845,91 @@ def test_stalled_redis_does_not_hang_the_request(
     assert response.status_code == 202
     assert EmailJob.objects.get().status == EmailStatus.QUEUED  # the sweeper enqueues it later
     assert elapsed < 5
+
+
+# --- What accepting an email costs -------------------------------------------------------------
+
+
+def test_an_email_with_attachments_is_stored_in_one_transaction(api, django_assert_num_queries):
+    """The email and its attachments are written together (or not at all)."""
+    post_email(api)
+    attachment = {"filename": "a.txt", "content": base64.b64encode(b"hi").decode()}
+
+    with django_assert_num_queries(5):  # key, SAVEPOINT, INSERT email, INSERT file, RELEASE
+        response = post_email(api, attachments=[attachment])
+
+    assert response.status_code == 202
+    assert EmailAttachment.objects.get(email_id=response.json()["id"]).filename == "a.txt"
+
+
+def test_accepting_a_raw_email_is_two_queries(api, django_assert_num_queries):
+    """The key lookup and the INSERT (which commits on its own), and nothing else."""
+    post_email(api)  # the key's first use records last_used_at
+
+    with django_assert_num_queries(2):
+        response = post_email(api)
+
+    assert response.status_code == 202
+
+
+def test_accepting_a_template_email_is_three_queries(
+    api, welcome_template, django_assert_num_queries
+):
+    """One more query than a raw email: the active template together with its current version."""
+    body = {"to": "ada@example.com", "template": "welcome", "context": {"name": "Ada"}}
+    api.post(EMAILS, body, format="json")
+
+    with django_assert_num_queries(3):
+        response = api.post(EMAILS, body, format="json")
+
+    assert response.status_code == 202
+    assert response.json()["subject"] == "Welcome, Ada!"
+
+
+def test_accepted_answer_is_the_email_as_listed(api, welcome_template):
+    """The 202 body has the same fields and values as the email's entry in the list."""
+    accepted = api.post(
+        EMAILS,
+        {
+            "to": ["ada@example.com", "Bob <bob@example.com>"],
+            "template": "welcome",
+            "context": {"name": "Ada"},
+            "tags": ["welcome"],
+            "metadata": {"user": 7},
+            "priority": "high",
+        },
+        format="json",
+    ).json()
+
+    [listed] = api.get(EMAILS).json()["results"]
+
+    assert accepted == listed
+
+
+def test_concurrent_validations_do_not_mix_up_their_inputs():
+    """Requests validated at the same time in several threads each get their own answer."""
+    good = raw_email(to="Ada <ada@example.com>", tags=["a"])
+    bad = raw_email(to="not an address", priority="urgent")
+    failures = []
+
+    def validate(body: dict, expect_valid: bool) -> None:
+        for _ in range(200):
+            serializer = EmailCreateInputSerializer(data=body)
+            valid = serializer.is_valid()
+            if valid != expect_valid:
+                failures.append(serializer.errors)
+            elif valid and serializer.validated_data["to"] != ["Ada <ada@example.com>"]:
+                failures.append(serializer.validated_data)
+            elif not valid and set(serializer.errors) != {"to", "priority"}:
+                failures.append(serializer.errors)
+
+    threads = [
+        threading.Thread(target=validate, args=(body, body is good))
+        for body in (good, bad, good, bad)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []

@@ -82,3 +82,64 @@ def test_restore_brings_back_old_content_as_a_new_version(api):
     latest = EmailTemplateVersion.objects.get(template=template, number=3)
     assert latest.created_by == "admin user ada (restore of v1)"
     assert latest.html == template.html
+
+
+def send(api, **context):
+    """POST a `receipt` email with this context."""
+    return api.post(
+        "/api/v1/emails/",
+        {"to": "ada@example.com", "template": "receipt", "context": context},
+        format="json",
+    )
+
+
+@pytest.mark.django_db
+def test_an_edit_applies_to_the_very_next_send(api):
+    """The send right after an edit uses the new subject and variables and pins the new version."""
+    create(api)
+    assert send(api, number=7).json()["subject"] == "Receipt 7"
+
+    api.patch(
+        f"{TEMPLATES}receipt/",
+        {"subject": "Your receipt {{ number }} from {{ shop }}", "variables": ["number", "shop"]},
+        format="json",
+    )
+    refused = send(api, number=8)
+    accepted = send(api, number=8, shop="Acme")
+
+    assert refused.status_code == 400
+    assert "shop" in refused.json()["context"][0]
+    assert accepted.json()["subject"] == "Your receipt 8 from Acme"
+    email = EmailJob.objects.select_related("template_version").get(pk=accepted.json()["id"])
+    assert email.template_version.number == 2
+
+
+@pytest.mark.django_db
+def test_deactivating_and_reactivating_apply_to_the_very_next_send(api):
+    """A deactivated template is refused on the next send, and accepted again once reactivated."""
+    create(api)
+    assert send(api, number=1).status_code == 202
+
+    api.patch(f"{TEMPLATES}receipt/", {"is_active": False}, format="json")
+    refused = send(api, number=2)
+    api.patch(f"{TEMPLATES}receipt/", {"is_active": True}, format="json")
+    accepted = send(api, number=3)
+
+    assert refused.status_code == 400
+    assert "receipt" in refused.json()["template"][0]
+    assert accepted.status_code == 202
+    assert accepted.json()["subject"] == "Receipt 3"
+
+
+@pytest.mark.django_db
+def test_accepted_email_pins_the_current_version_row(api):
+    """The email points at the version row holding the content its subject was rendered from."""
+    create(api)
+    api.patch(f"{TEMPLATES}receipt/", {"subject": "Receipt no. {{ number }}"}, format="json")
+
+    email_id = send(api, number=9).json()["id"]
+
+    email = EmailJob.objects.select_related("template_version").get(pk=email_id)
+    current = EmailTemplateVersion.objects.get(template__slug="receipt", number=2)
+    assert email.template_version == current
+    assert email.subject == "Receipt no. 9"
