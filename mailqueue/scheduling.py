@@ -256,17 +256,17 @@ def drains_request(priorities: Iterable[str], *, force: bool = False) -> list[st
         return []
     redis = connection()
     proposed = {priority: f"drain-{priority}-{uuid4().hex}" for priority in priorities}
-    pipe = redis.pipeline()
-    for priority, job_id in proposed.items():
-        pipe.set(
-            drain_marker_key(priority),
-            job_id,
-            ex=DRAIN_MARKER_TTL_SECONDS,
-            nx=not force,
-        )
-    wanted = [
-        priority for priority, was_set in zip(proposed, pipe.execute(), strict=True) if was_set
-    ]
+    marker = {"ex": DRAIN_MARKER_TTL_SECONDS, "nx": not force}
+    if len(proposed) == 1:
+        # The API's case: one command, without a pipeline's own overhead.
+        [(priority, job_id)] = proposed.items()
+        answers = [redis.set(drain_marker_key(priority), job_id, **marker)]
+    else:
+        pipe = redis.pipeline()
+        for priority, job_id in proposed.items():
+            pipe.set(drain_marker_key(priority), job_id, **marker)
+        answers = pipe.execute()
+    wanted = [priority for priority, was_set in zip(proposed, answers, strict=True) if was_set]
     if not wanted:
         return []
     pipe = redis.pipeline()

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from mailqueue.db import select_columns, select_instance
 from mailqueue.errors import ValidationFailed
 from mailqueue.models import ApiKey, Client
 
@@ -59,21 +60,22 @@ def api_key_create(*, client_name: str, scopes: list[str], name: str = "") -> Is
     return IssuedKey(api_key=api_key, plaintext=f"{KEY_PREFIX}_{prefix}_{secret}")
 
 
-# Every API request runs this lookup. Written by hand, it costs a third of the CPU of the
-# same query built by the ORM (Django still converts the values, as for any query).
-_ACTIVE_KEY_SQL = (
-    "SELECT k.*, c.name AS client_name FROM api_keys k "
-    "JOIN api_clients c ON c.id = k.client_id WHERE k.prefix = %s AND k.is_active"
-)
-
-
 def _active_key_with_client(prefix: str) -> ApiKey | None:
-    """The active key with this prefix, its client loaded with it, or None."""
-    api_key = next(iter(ApiKey.objects.raw(_ACTIVE_KEY_SQL, [prefix])), None)
-    if api_key is not None:
-        api_key.client = Client.from_db(
-            api_key._state.db, ["id", "name"], [api_key.client_id, api_key.client_name]
-        )
+    """The active key with this prefix, its client loaded with it, or None.
+
+    Every API request runs this lookup. Written by hand, it costs a fraction of the CPU of the
+    same query built by the ORM (the values still go through the fields).
+    """
+    columns = select_columns(ApiKey, "k")
+    joined = "api_keys k JOIN api_clients c ON c.id = k.client_id"
+    sql = f"SELECT {columns}, c.name FROM {joined} WHERE k.prefix = %s AND k.is_active"  # noqa: S608
+    found = select_instance(ApiKey, sql, [prefix], extra=1)
+    if found is None:
+        return None
+    api_key, (client_name,) = found
+    api_key.client = Client.from_db(
+        api_key._state.db, ["id", "name"], [api_key.client_id, client_name]
+    )
     return api_key
 
 

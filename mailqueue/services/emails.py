@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from mailqueue import conf
+from mailqueue.db import insert_one
 from mailqueue.errors import (
     InvalidTransition,
     TemplateRenderError,
@@ -155,7 +156,7 @@ def email_create(
     # only when attachments must be stored with the email. Inside a caller's transaction, the
     # drain or the job below still waits for that transaction's commit.
     with transaction.atomic() if attachments else nullcontext():
-        email.save(force_insert=True)
+        insert_one(email)
         if attachments:
             EmailAttachment.objects.bulk_create(
                 EmailAttachment(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+from mailqueue.db import insert_values
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit
 from tracking.models import TrackingEvent
@@ -105,17 +106,6 @@ def _prep(model: type[models.Model], name: str, value):
     return model._meta.get_field(name).get_db_prep_save(value, connection)
 
 
-def _insert_rows(model: type[models.Model], rows: list[models.Model]) -> tuple[str, list]:
-    """Column list and VALUES rows (SQL, params) of an INSERT of these unsaved instances."""
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    params = []
-    for row in rows:
-        params += [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    values = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
-    return f"({columns}) VALUES {values}", params
-
-
 def _typed_values(columns: dict[str, str], rows: list[list]) -> tuple[str, list]:
     """A VALUES list whose every value is cast to its column's type (a column may be all NULL).
 
@@ -165,7 +155,7 @@ def _record_postgresql(decisions: list[Decision], now) -> set:
         (CapturedMessage, [row for d in decisions for row in d.captured]),
     ):
         if rows:
-            insert_sql, insert_params = _insert_rows(model, rows)
+            insert_sql, insert_params = insert_values(model, rows)
             parts.append(
                 f", {model._meta.model_name} AS (INSERT INTO {quote(model._meta.db_table)} "
                 f"{insert_sql})"
