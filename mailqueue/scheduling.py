@@ -313,6 +313,14 @@ def drains_request_on_commit(priorities: Iterable[str]) -> None:
     transaction.on_commit(_request)
 
 
+def jobs_waiting(queue_names: list[str]) -> int:
+    """Jobs waiting on these queues (one round trip)."""
+    pipe = connection().pipeline()
+    for name in queue_names:
+        pipe.llen(f"{Queue.redis_queue_namespace_prefix}{name}")
+    return sum(pipe.execute())
+
+
 @dataclass(frozen=True)
 class QueueStats:
     """What is waiting in Redis, and who works on it."""

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from mailqueue.models import (
     EmailAttachment,
     EmailJob,
     EmailStatus,
+    Priority,
 )
 from mailqueue.providers import (
     Provider,
@@ -48,6 +50,7 @@ from mailqueue.scheduling import (
     drain_started,
     drains_request,
     email_job_id,
+    jobs_waiting,
 )
 from mailqueue.services.dead_letters import error_group_key
 from mailqueue.services.outcomes import LEASE_LOST, Decision, decisions_record
@@ -557,8 +560,17 @@ def send_pool_shutdown() -> None:
         _pool, _pool_size = None, 0
 
 
-def _deliver_claimed(claimed: list[EmailJob], report: DeliveryReport) -> None:
-    """Send claimed emails over the send threads, writing outcomes a small group at a time."""
+def _deliver_claimed(
+    claimed: list[EmailJob],
+    report: DeliveryReport,
+    *,
+    refill: Callable[[], list[EmailJob]] | None = None,
+) -> None:
+    """Send claimed emails over the send threads, writing outcomes a small group at a time.
+
+    `refill` claims more when the claimed emails are all handed out (a drain going on to its
+    next chunk while the last sends of this one finish); it returns [] to stop.
+    """
     pool = _send_pool()
     # Each email's lease is checked here, just before it is handed to a thread, and few are
     # handed out ahead of time: an email is never sent long after its lease was last checked.
@@ -577,7 +589,15 @@ def _deliver_claimed(claimed: list[EmailJob], report: DeliveryReport) -> None:
             report.count(status)
 
     try:
-        while waiting or in_flight:
+        while True:
+            if not waiting and refill is not None:
+                more = refill()
+                report.claimed += len(more)
+                waiting.extend(more)
+                if not more:
+                    refill = None
+            if not (waiting or in_flight):
+                break
             while waiting and len(in_flight) < window:
                 email = waiting.popleft()
                 if email_hold_lease(email=email):
@@ -631,12 +651,18 @@ def emails_deliver(*, email_ids: list[str], job_id: str = "") -> DeliveryReport:
     return report
 
 
+# How long one drain job may go on claiming chunks while nothing of a higher priority waits.
+DRAIN_JOB_SECONDS = 5.0
+
+
 def queue_drain(*, priority: str, job_id: str = "") -> DeliveryReport:
-    """Claim the oldest queued emails of a priority (a chunk) and deliver them.
+    """Claim the oldest queued emails of a priority, a chunk at a time, and deliver them.
 
     A full chunk means more may wait: another drain is requested before sending, so a second
-    worker process can take the next chunk meanwhile, and RQ still puts a `high` drain before
-    the next `low` one between chunks.
+    worker process can take the next chunk meanwhile. This job itself goes on to the next chunk
+    (its sends overlapping the last ones of the chunk before) for up to DRAIN_JOB_SECONDS,
+    unless a job of a higher priority is waiting: then it ends after the chunk in hand, and RQ
+    runs the higher queue's job next.
     """
     try:
         drain_started(priority)
@@ -645,15 +671,36 @@ def queue_drain(*, priority: str, job_id: str = "") -> DeliveryReport:
         logger.warning("drain %s: could not drop the marker: %s", priority, exc)
     report = DeliveryReport()
     chunk_size = conf.batch_chunk_size()
-    claimed = emails_claim_queued(priority=priority, limit=chunk_size, job_id=job_id)
+    deadline = time.monotonic() + DRAIN_JOB_SECONDS
+
+    def claim_chunk() -> list[EmailJob]:
+        claimed = emails_claim_queued(priority=priority, limit=chunk_size, job_id=job_id)
+        if len(claimed) >= chunk_size:
+            try:
+                drains_request([priority])
+            except RedisError as exc:
+                logger.warning("drain %s: could not request the next drain: %s", priority, exc)
+        return claimed
+
+    def next_chunk() -> list[EmailJob]:
+        if time.monotonic() >= deadline or _higher_priority_waiting(priority):
+            return []
+        return claim_chunk()
+
+    claimed = claim_chunk()
     report.claimed = len(claimed)
-    if len(claimed) >= chunk_size:
-        try:
-            drains_request([priority])
-        except RedisError as exc:
-            logger.warning("drain %s: could not request the next drain: %s", priority, exc)
-    _deliver_claimed(claimed, report)
+    _deliver_claimed(claimed, report, refill=next_chunk if len(claimed) >= chunk_size else None)
     return report
+
+
+def _higher_priority_waiting(priority: str) -> bool:
+    """Whether a job waits on a queue that workers serve before this priority's."""
+    order = [p.value for p in Priority]
+    higher = order[: order.index(priority)] if priority in order else []
+    try:
+        return bool(higher) and jobs_waiting(higher) > 0
+    except RedisError:
+        return True  # cannot tell: end the job and let RQ choose
 
 
 def _record_crash(email: EmailJob, exc: BaseException) -> None:

@@ -6,6 +6,7 @@ import django_rq
 import pytest
 from django.utils import timezone
 
+import mailqueue.services.delivery as delivery
 from mailqueue.models import Batch, CapturedMessage, EmailJob
 from mailqueue.scheduling import get_scheduler
 from tests.helpers import queue_lengths, run_worker
@@ -95,8 +96,9 @@ def test_batch_of_250_is_one_drain_job_not_250_and_all_get_sent(
 
     reports = [job.return_value() for job in _finished_jobs(run_worker())]
 
-    # A full chunk asks for the next drain before it sends; the last one is short.
-    assert [report["claimed"] for report in reports] == [100, 100, 50]
+    # One drain takes the batch chunk after chunk; the drain a full chunk asked for (so that
+    # another worker could help) finds nothing left.
+    assert [report["claimed"] for report in reports] == [250, 0]
 
     counts = api.get(f"{BATCHES}{response.json()['id']}/").json()["status_counts"]
     assert counts["sent"] == 250
@@ -105,7 +107,7 @@ def test_batch_of_250_is_one_drain_job_not_250_and_all_get_sent(
 
 
 def test_chunk_size_follows_the_setting(
-    api, welcome_template, settings, django_capture_on_commit_callbacks
+    api, welcome_template, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
     """MAILQUEUE_BATCH_CHUNK_SIZE decides how many emails one job claims."""
     settings.MAILQUEUE_BATCH_CHUNK_SIZE = 2
@@ -113,9 +115,19 @@ def test_chunk_size_follows_the_setting(
         post_batch(api, recipients=recipients(5))
     assert queue_lengths()["default"] == 1
 
-    reports = [job.return_value() for job in _finished_jobs(run_worker())]
+    claims = []
+    claim = delivery.emails_claim_queued
 
-    assert [report["claimed"] for report in reports] == [2, 2, 1]
+    def counting(**kwargs):
+        claimed = claim(**kwargs)
+        claims.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(delivery, "emails_claim_queued", counting)
+    run_worker()
+
+    assert claims[:3] == [2, 2, 1]
+    assert sum(claims) == 5
 
 
 def _finished_jobs(worker):

@@ -6,6 +6,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from rq.job import Job
 
+import mailqueue.services.delivery as delivery
 from mailqueue.errors import InvalidTransition, ValidationFailed
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue
@@ -295,6 +296,50 @@ def test_high_priority_email_jumps_ahead_of_500_low_ones(
     delivered = list(CapturedMessage.objects.order_by("id").values_list("email_id", flat=True))
     assert len(delivered) == 501
     assert delivered[0] == urgent.pk
+
+
+def test_high_email_accepted_during_a_long_low_drain_goes_after_the_chunk_in_hand(
+    issued_key, welcome_template, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A drain goes on from chunk to chunk only while no higher-priority job waits."""
+    settings.EMAIL_PROVIDERS = ["capture"]
+    settings.MAILQUEUE_BATCH_CHUNK_SIZE = 20
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1
+    client = issued_key.api_key.client
+    with django_capture_on_commit_callbacks(execute=True):
+        batch_create(
+            client=client,
+            template="welcome",
+            priority="low",
+            recipients=[
+                BatchRecipient(to=[f"bulk{n}@example.com"], context={"name": "x"}, metadata={})
+                for n in range(200)
+            ],
+        )
+    urgent = []
+    claim = delivery.emails_claim_queued
+
+    def claim_then_accept_an_urgent_email(**kwargs):
+        claimed = claim(**kwargs)
+        if kwargs["priority"] == "low" and not urgent:
+            with django_capture_on_commit_callbacks(execute=True):
+                urgent.append(
+                    email_create(
+                        client=client,
+                        to=["urgent@example.com"],
+                        subject="Reset",
+                        text="x",
+                        priority="high",
+                    )
+                )
+        return claimed
+
+    monkeypatch.setattr(delivery, "emails_claim_queued", claim_then_accept_an_urgent_email)
+    run_worker()
+
+    delivered = list(CapturedMessage.objects.order_by("id").values_list("email_id", flat=True))
+    assert len(delivered) == 201
+    assert delivered.index(urgent[0].pk) == 20  # right after the low chunk in hand
 
 
 def test_job_for_an_unknown_email_finishes_without_error(smtp_sink):
