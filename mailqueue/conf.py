@@ -67,7 +67,7 @@ def batch_chunk_size() -> int:
 
 def worker_concurrency() -> int:
     """Sends one worker process overlaps (threads, each with its own provider connections)."""
-    return max(1, int(_get("MAILQUEUE_WORKER_CONCURRENCY", 4)))
+    return max(1, int(_get("MAILQUEUE_WORKER_CONCURRENCY", 8)))
 
 
 def max_recipients() -> int:
