@@ -42,7 +42,17 @@ migrate: $(STAMP)
 clean:
 	rm -rf $(VENV) .run staticfiles db.sqlite3 db.sqlite3-*
 
-## bench: delivery throughput of one worker process (prints numbers)
-bench: $(STAMP)
+## bench: Mailqueue side by side with django-post_office, bare DRF and raw smtplib
+## (3 rounds, ~15 min; BENCH_QUICK=1 make bench: one short round). See bench/README.md.
+PEERS_VENV := bench/.venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): bench/peers/requirements.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt
+	@touch $(PEERS_STAMP)
+
+bench: $(STAMP) $(PEERS_STAMP)
 	@scripts/ensure_services.sh postgres redis
-	$(PY) bench/delivery_throughput.py $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH_ARGS)

@@ -1,12 +1,15 @@
-"""Delivery throughput of one worker process, printed as numbers (no assertions).
+"""Delivery throughput of one in-process worker, printed as numbers (no assertions).
 
-    make bench                       # defaults: 2000 batch emails + 500 single emails, SMTP sink
+A quick check while working on the engine; `make bench` (bench/run.py) is the full, side-by-side
+benchmark with real worker processes and peers.
+
+    .venv/bin/python bench/delivery_throughput.py    # defaults: 2000 batch + 500 single emails
     .venv/bin/python bench/delivery_throughput.py --batch 5000 --single 1000 --provider capture
 
 Uses a scratch PostgreSQL database (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/mailqueue_bench, dropped and created anew each run), Redis DB 13
-(BENCH_REDIS_URL), and an in-process aiosmtpd server as the SMTP provider. It measures the time a
-burst worker (`MailqueueWorker`, no fork) takes to claim, render and send every email.
+(BENCH_REDIS_URL), and an aiosmtpd sink in its own process as the SMTP provider. It measures the
+time a burst worker (`MailqueueWorker`, no fork) takes to claim, render and send every email.
 """
 
 import argparse

@@ -1,0 +1,1 @@
+"""Benchmarks: numbers printed side by side with peers, never asserted (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the benchmark harness: processes, databases, HTTP load, reporting."""

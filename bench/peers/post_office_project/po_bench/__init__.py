@@ -1,0 +1,1 @@
+"""The post_office peer's bench commands."""
