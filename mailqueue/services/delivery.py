@@ -61,7 +61,6 @@ from tracking.services import NewEvent
 
 logger = logging.getLogger(__name__)
 
-CLAIMABLE = (EmailStatus.QUEUED, EmailStatus.SCHEDULED, EmailStatus.RETRYING)
 # An email whose delivery raised an unexpected exception (a bug): it stays `sending` until the
 # sweeper takes it back when its lease ends.
 CRASHED = "crashed"

@@ -93,11 +93,7 @@ def test_outcomes_are_written_at_most_ten_at_a_time(accept, monkeypatch, setting
 
     assert report.sent == 25
     assert sum(groups) == 25
-    assert max(groups) <= outcomes_group_size()
-
-
-def outcomes_group_size() -> int:
-    return delivery.OUTCOME_GROUP_SIZE
+    assert max(groups) <= delivery.OUTCOME_GROUP_SIZE == 10
 
 
 @pytest.mark.django_db
