@@ -43,7 +43,7 @@ clean:
 	rm -rf $(VENV) .run staticfiles db.sqlite3 db.sqlite3-*
 
 ## bench: Mailqueue side by side with django-post_office, bare DRF and raw smtplib
-## (3 rounds, ~15 min; BENCH_QUICK=1 make bench: one short round). See bench/README.md.
+## (3 rounds and a soak, 15-30 min; BENCH_QUICK=1 make bench: one short round). See bench/README.md.
 PEERS_VENV := bench/.venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed
 

@@ -73,6 +73,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["EMAIL_PROVIDERS"] = args.provider
 
+    from bench.lib.database import lock_scratch
+
+    # Held until the process exits: `make bench` uses the same scratch database and Redis DB.
+    _lock = lock_scratch([DATABASE_URL, os.environ["REDIS_URL"]])
     recreate_database()
     import django
 

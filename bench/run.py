@@ -1,7 +1,7 @@
 """`make bench`: Mailqueue side by side with django-post_office, bare DRF and raw smtplib.
 
-    make bench                          # 3 rounds (~15 min): every measure, then the soak
-    BENCH_QUICK=1 make bench            # one short round with small counts (~2-3 min)
+    make bench                          # 3 rounds of every measure, then the soak
+    BENCH_QUICK=1 make bench            # one short round with small counts
     .venv/bin/python -m bench.run --rounds 5 --only batch_1w,http --no-soak
 
 Prints min / median / max of every measure over the rounds, with Mailqueue's median divided
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import mailqueue_driver as mq
 from bench import measures
-from bench.lib import procs
+from bench.lib import database, procs
 from bench.lib.report import Recorder
 from bench.peers import bare_drf_peer, post_office_peer
 
@@ -121,6 +121,17 @@ def main() -> int:
     if unknown:
         sys.exit(f"unknown measures: {', '.join(sorted(unknown))}")
     post_office_peer.check_installed()
+    try:
+        lock = database.lock_scratch(
+            [
+                mq.DATABASE_URL,
+                mq.REDIS_URL,
+                post_office_peer.DATABASE_URL,
+                bare_drf_peer.DATABASE_URL,
+            ]
+        )
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     logs = RESULTS / f"logs-{stamp}"
@@ -141,9 +152,10 @@ def main() -> int:
             logs=logs,
             say=lambda line: print(line, flush=True),
         )
-        for round_no in range(1, plan.rounds + 1):
+        rounds = plan.rounds if selected & set(measures.ROUND) else 0
+        for round_no in range(1, rounds + 1):
             run.round_no = round_no
-            print(f"round {round_no}/{plan.rounds} ({time.monotonic() - started:.0f} s)")
+            print(f"round {round_no}/{rounds} ({time.monotonic() - started:.0f} s)")
             for name, measure in measures.ROUND.items():
                 if name in selected:
                     timed(name, measure, run)
@@ -152,6 +164,7 @@ def main() -> int:
                 timed(name, measure, run)
     finally:
         procs.stop_all()
+        lock.close()
 
     print()
     print(recorder.table())

@@ -1,5 +1,6 @@
 """Scratch PostgreSQL databases of a benchmark run, reached with plain psycopg."""
 
+import zlib
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -47,3 +48,19 @@ def scalar(conn: psycopg.Connection, query: str, params: tuple = ()) -> int:
     """The first column of the first row of a query."""
     row = conn.execute(query, params).fetchone()
     return row[0] if row else 0
+
+
+def lock_scratch(resources: list[str]) -> psycopg.Connection:
+    """Hold a PostgreSQL advisory lock per scratch resource (database or Redis URL) of a run.
+
+    Two benchmarks on the same scratch databases or Redis DB would empty each other's tables
+    mid-measure; the second one stops at once instead. The locks live as long as the returned
+    connection (the process), so a killed run never leaves one behind.
+    """
+    conn = psycopg.connect(_maintenance_url(resources[0]), autocommit=True)
+    for resource in resources:
+        key = zlib.crc32(f"mailqueue-bench:{resource}".encode())
+        if not scalar(conn, "SELECT pg_try_advisory_lock(%s)", (key,)):
+            conn.close()
+            raise RuntimeError(f"another benchmark is using {resource}: wait for it to finish")
+    return conn
