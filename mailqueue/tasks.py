@@ -16,5 +16,5 @@ def deliver_emails(email_ids: list[str]) -> dict:
 
 
 def drain_queue(priority: str) -> dict:
-    """Deliver the next chunk of queued emails of one priority."""
+    """Deliver the queued emails of one priority, a chunk at a time (see queue_drain)."""
     return queue_drain(priority=priority, job_id=_job_id()).as_dict()
