@@ -16,7 +16,6 @@ from bench.lib import database, procs, workload
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
-GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/mailqueue_bench"
 )
@@ -189,23 +188,9 @@ def deliver(*, workers: int, expected: int, smtp_port: int, log: Path) -> dict:
 
 def start_web(*, port: int, workers: int, log: Path) -> subprocess.Popen:
     """Start gunicorn on the project's WSGI app, as the Docker image does (sync workers)."""
-    process = procs.start(
-        [
-            GUNICORN,
-            "config.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--timeout",
-            "60",
-        ],
-        env=base_env(),
-        log=log,
-        cwd=ROOT,
+    return procs.start_gunicorn(
+        "config.wsgi:application", port=port, workers=workers, env=base_env(), log=log, cwd=ROOT
     )
-    procs.wait_for_port(port, process=process)
-    return process
 
 
 def email_body(number: int) -> dict:

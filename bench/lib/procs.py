@@ -57,6 +57,31 @@ def start(
     return process
 
 
+def start_gunicorn(
+    app: str, *, port: int, workers: int, env: dict, log: Path, cwd: Path
+) -> subprocess.Popen:
+    """Start the project's gunicorn (sync workers, as the Docker image) on a WSGI app; every
+    web contestant goes through here, so all get exactly the same server options."""
+    gunicorn = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "gunicorn"
+    process = start(
+        [
+            str(gunicorn),
+            app,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--timeout",
+            "60",
+        ],
+        env=env,
+        log=log,
+        cwd=cwd,
+    )
+    wait_for_port(port, process=process)
+    return process
+
+
 def run(
     args: Sequence[str | Path], *, env: dict[str, str], log: Path, cwd: Path | None = None
 ) -> str:

@@ -11,7 +11,6 @@ PROJECT = HERE / "bare_drf"
 ROOT = HERE.parent.parent
 # The project's virtualenv on purpose: same Django, DRF, psycopg and gunicorn as Mailqueue.
 PYTHON = ROOT / ".venv" / "bin" / "python"
-GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 DATABASE_URL = os.environ.get(
     "BENCH_BARE_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bare_drf_bench"
 )
@@ -39,20 +38,6 @@ def reset() -> None:
 
 def start_web(*, port: int, workers: int, log: Path) -> subprocess.Popen:
     """Start gunicorn with the same options as Mailqueue's web."""
-    process = procs.start(
-        [
-            GUNICORN,
-            "bare_project.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--timeout",
-            "60",
-        ],
-        env=env(),
-        log=log,
-        cwd=PROJECT,
+    return procs.start_gunicorn(
+        "bare_project.wsgi:application", port=port, workers=workers, env=env(), log=log, cwd=PROJECT
     )
-    procs.wait_for_port(port, process=process)
-    return process
