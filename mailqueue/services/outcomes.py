@@ -10,11 +10,12 @@ one transaction.
 
 import logging
 from dataclasses import dataclass, field
+from functools import cache
 
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from mailqueue.db import insert_values
+from mailqueue.db import column_list, json_dumps, json_recordset, json_rows, server_binding_cursor
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit
 from tracking.models import TrackingEvent
@@ -58,16 +59,6 @@ _UPDATED_COLUMNS = {
     "html": "text",
     "text": "text",
 }
-_EVENT_COLUMNS = {
-    "email_id": "uuid",
-    "event_type": "text",
-    "occurred_at": "timestamptz",
-    "provider": "text",
-    "recipient": "text",
-    "description": "text",
-    "data": "jsonb",
-    "created_at": "timestamptz",
-}
 
 
 def decisions_record(decisions: list[Decision]) -> list[str]:
@@ -102,95 +93,69 @@ def _changes(decision: Decision) -> dict:
     return values
 
 
-def _prep(model: type[models.Model], name: str, value):
-    return model._meta.get_field(name).get_db_prep_save(value, connection)
-
-
-def _typed_values(columns: dict[str, str], rows: list[list]) -> tuple[str, list]:
-    """A VALUES list whose every value is cast to its column's type (a column may be all NULL).
-
-    NULLs are written into the SQL rather than passed: most columns of a decision are NULL
-    ("keep"), and each parameter costs the client a quoting pass.
-    """
-    kinds = list(columns.values())
-    sql_rows, params = [], []
-    for values in rows:
-        cells = []
-        for kind, value in zip(kinds, values, strict=True):
-            if value is None:
-                cells.append(f"NULL::{kind}")
-            else:
-                cells.append(f"%s::{kind}")
-                params.append(value)
-        sql_rows.append("(" + ", ".join(cells) + ")")
-    return ", ".join(sql_rows), params
-
-
 def _record_postgresql(decisions: list[Decision], now) -> set:
-    """One statement: UPDATE the owned rows, INSERT attempts, captures and their events."""
+    """One statement: UPDATE the owned rows, INSERT attempts, captures and their events.
+
+    Each table's rows travel as one JSON parameter (`jsonb_to_recordset`), so the statement
+    text is the same for every group and binding its values is one C call.
+    """
+    decided = [{"id": d.email.pk, "token": d.email.claim_token, **_changes(d)} for d in decisions]
+    events = [
+        TrackingEvent(
+            email_id=d.email.pk,
+            event_type=event.event_type,
+            occurred_at=event.occurred_at or now,
+            provider=event.provider,
+            recipient=event.recipient,
+            description=event.description[:2000],
+            data=event.data,
+        )
+        for d in decisions
+        for event in d.events
+    ]
+    params = [
+        json_dumps(decided),
+        now,
+        EmailStatus.SENDING,
+        json_dumps(json_rows(DeliveryAttempt, [row for d in decisions for row in d.tries])),
+        json_dumps(json_rows(CapturedMessage, [row for d in decisions for row in d.captured])),
+        json_dumps(json_rows(TrackingEvent, events)),
+    ]
+    with server_binding_cursor() as cursor:
+        cursor.execute(_statement(), params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+@cache
+def _statement() -> str:
+    """The text of the one statement that writes a group (the same for every group)."""
     quote = connection.ops.quote_name
-    decided_sql, params = _typed_values(
-        {"id": "uuid", "token": "uuid", **_UPDATED_COLUMNS},
-        [
-            [d.email.pk, d.email.claim_token]
-            + [_prep(EmailJob, name, value) for name, value in _changes(d).items()]
-            for d in decisions
-        ],
+    decided_columns = ", ".join(
+        f"{quote(name)} {kind}"
+        for name, kind in {"id": "uuid", "token": "uuid", **_UPDATED_COLUMNS}.items()
     )
     assignments = ", ".join(
         f"{quote(name)} = COALESCE(decided.{quote(name)}, email.{quote(name)})"
         for name in _UPDATED_COLUMNS
     )
-    decided_columns = ", ".join(quote(name) for name in ["id", "token", *_UPDATED_COLUMNS])
-    parts = [
-        f"WITH decided ({decided_columns}) AS (VALUES {decided_sql}), "
+    inserts = []
+    for model in (DeliveryAttempt, CapturedMessage, TrackingEvent):
+        # Events are written only for the emails this worker still owned (`owned`).
+        where = " WHERE email_id IN (SELECT id FROM owned)" if model is TrackingEvent else ""
+        inserts.append(
+            f", {model._meta.model_name} AS (INSERT INTO {quote(model._meta.db_table)} "
+            f"{column_list(model)} SELECT * FROM {json_recordset(model, 'new_row')}{where})"
+        )
+    return (
+        f"WITH decided AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS decided "
+        f"({decided_columns})), "
         f"owned AS (UPDATE {quote(EmailJob._meta.db_table)} AS email SET {assignments}, "
         "lease_expires_at = NULL, claim_token = NULL, updated_at = %s "
         "FROM decided WHERE email.id = decided.id AND email.status = %s "
         "AND email.claim_token = decided.token RETURNING email.id)"
-    ]
-    params += [now, EmailStatus.SENDING]
-    for model, rows in (
-        (DeliveryAttempt, [row for d in decisions for row in d.tries]),
-        (CapturedMessage, [row for d in decisions for row in d.captured]),
-    ):
-        if rows:
-            insert_sql, insert_params = insert_values(model, rows)
-            parts.append(
-                f", {model._meta.model_name} AS (INSERT INTO {quote(model._meta.db_table)} "
-                f"{insert_sql})"
-            )
-            params += insert_params
-    events = [(event, d.email.pk) for d in decisions for event in d.events]
-    if events:
-        events_sql, events_params = _typed_values(
-            _EVENT_COLUMNS,
-            [
-                [
-                    email_id,
-                    event.event_type,
-                    event.occurred_at or now,
-                    event.provider,
-                    event.recipient,
-                    event.description[:2000],
-                    _prep(TrackingEvent, "data", event.data),
-                    now,
-                ]
-                for event, email_id in events
-            ],
-        )
-        event_columns = ", ".join(quote(name) for name in _EVENT_COLUMNS)
-        parts.append(
-            f", events AS (INSERT INTO {quote(TrackingEvent._meta.db_table)} ({event_columns}) "
-            f"SELECT * FROM (VALUES {events_sql}) AS event ({event_columns}) "
-            "WHERE event.email_id IN (SELECT id FROM owned))"
-        )
-        params += events_params
-    parts.append(" SELECT id FROM owned")
-    with connection.cursor() as cursor:
-        # Only quoted names from the models go into the SQL; every value is a parameter.
-        cursor.execute("".join(parts), params)
-        return {row[0] for row in cursor.fetchall()}
+        + "".join(inserts)
+        + " SELECT id FROM owned"
+    )
 
 
 def _record_with_orm(decisions: list[Decision], now) -> set:
