@@ -19,13 +19,14 @@ from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
 from django.core.mail import EmailMultiAlternatives
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 
 from mailqueue import conf
+from mailqueue.db import select_columns, select_instances
 from mailqueue.errors import DeliveryError, MailqueueError
 from mailqueue.models import (
     CapturedMessage,
@@ -80,28 +81,62 @@ def claimable_filter(now: datetime) -> Q:
 
 
 def _claim(queryset, *, now: datetime, job_id: str) -> list[EmailJob]:
-    """Move the rows the queryset locks to `sending` under one claim token; load them to send."""
+    """Move the rows the queryset selects to `sending` under one claim token; load them to send."""
     token = uuid4()
-    lease_until = now + timedelta(seconds=conf.lease_seconds())
-    with transaction.atomic():
-        # SKIP LOCKED: another worker claiming at the same moment takes other rows; the status
-        # condition in the UPDATE keeps anything claimed meanwhile from being claimed twice.
-        ids = list(queryset.select_for_update(skip_locked=True).values_list("pk", flat=True))
-        if not ids:
-            return []
-        claimed = EmailJob.objects.filter(claimable_filter(now), pk__in=ids).update(
-            status=EmailStatus.SENDING,
-            lease_expires_at=lease_until,
-            claim_token=token,
-            next_attempt_at=None,
-            rq_job_id=job_id,
-            updated_at=now,
-        )
-    if not claimed:
-        return []
-    # By token, not by id: what this claim moved, even where row locks do not exist (SQLite).
-    emails = list(EmailJob.objects.filter(claim_token=token))
-    _load_for_sending(emails)
+    changes = {
+        "status": EmailStatus.SENDING,
+        "lease_expires_at": now + timedelta(seconds=conf.lease_seconds()),
+        "claim_token": token,
+        "next_attempt_at": None,
+        "rq_job_id": job_id,
+        "updated_at": now,
+    }
+    if connection.vendor == "postgresql":
+        emails = _claim_postgresql(queryset, changes)
+    else:
+        with transaction.atomic():
+            # The status condition in the UPDATE keeps anything claimed meanwhile from being
+            # claimed twice.
+            ids = list(queryset.select_for_update(skip_locked=True).values_list("pk", flat=True))
+            if not ids or not EmailJob.objects.filter(claimable_filter(now), pk__in=ids).update(
+                **changes
+            ):
+                return []
+        # By token, not by id: what this claim moved, even where row locks do not exist.
+        emails = list(EmailJob.objects.filter(claim_token=token))
+    if emails:
+        _load_for_sending(emails)
+    return emails
+
+
+def _claim_postgresql(queryset, changes: dict) -> list[EmailJob]:
+    """The claim as one statement: lock the rows (SKIP LOCKED, so a worker claiming at the same
+    moment takes other rows), move them, and return them with whether they have attachments.
+
+    PostgreSQL re-checks the queryset's conditions on a row that another transaction changed
+    before the lock was taken, so a row claimed or cancelled meanwhile is left alone.
+    """
+    picker, picker_params = queryset.values("pk").query.sql_with_params()
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(name)} = %s" for name in changes)
+    attachments = quote(EmailAttachment._meta.db_table)
+    # Only quoted names and the ORM's own compiled SQL go into the text; values are parameters.
+    sql = (
+        f"UPDATE {quote(EmailJob._meta.db_table)} AS email SET {assignments} "  # noqa: S608
+        f"FROM ({picker} FOR UPDATE SKIP LOCKED) AS picked WHERE email.id = picked.pk "
+        f"RETURNING {select_columns(EmailJob, 'email')}, "
+        f"EXISTS (SELECT 1 FROM {attachments} WHERE email_id = email.id)"
+    )
+    params = [
+        EmailJob._meta.get_field(name).get_db_prep_save(value, connection)
+        for name, value in changes.items()
+    ]
+    emails = []
+    rows = select_instances(EmailJob, sql, [*params, *picker_params], extra=1)
+    for email, (has_attachments,) in rows:
+        if not has_attachments:
+            email.attachment_rows = []
+        emails.append(email)
     return emails
 
 
@@ -121,7 +156,9 @@ def _load_for_sending(emails: list[EmailJob]) -> None:
     unversioned = {e.template_id for e in emails if e.template_id and not e.template_version_id}
     templates = EmailTemplate.objects.in_bulk(list(unversioned)) if unversioned else {}
     attachments: dict = {}
-    for attachment in EmailAttachment.objects.filter(email_id__in=[e.pk for e in emails]):
+    # The PostgreSQL claim already knows which emails have none.
+    wanted = [e.pk for e in emails if not hasattr(e, "attachment_rows")]
+    for attachment in EmailAttachment.objects.filter(email_id__in=wanted) if wanted else ():
         attachments.setdefault(attachment.email_id, []).append(attachment)
     for email in emails:
         if email.template_version_id:
@@ -130,7 +167,8 @@ def _load_for_sending(emails: list[EmailJob]) -> None:
             )
         elif email.template_id:
             EmailJob.template.field.set_cached_value(email, templates[email.template_id])
-        email.attachment_rows = attachments.get(email.pk, [])
+        if not hasattr(email, "attachment_rows"):
+            email.attachment_rows = attachments.get(email.pk, [])
 
 
 def emails_claim(*, email_ids: list[str], job_id: str = "") -> list[EmailJob]:
