@@ -1,14 +1,18 @@
-"""Hand-built SQL for the few statements every request or email runs, with the ORM's own values.
+"""Hand-built SQL for the few statements every request or email runs.
 
-The ORM compiles each INSERT and SELECT anew: for the 40 columns of an email that costs more CPU
-than PostgreSQL spends on the statement. These helpers write the statement text once per model
-and column list, and still take every value through the fields (`pre_save`,
-`get_db_prep_save`, `from_db_value`), so what is stored and loaded is what the ORM would store
-and load. They work on every database Django supports.
+The ORM compiles each INSERT and SELECT anew and binds every value on its own: for the 40
+columns of an email that costs more CPU than PostgreSQL spends on the statement. These helpers
+write each statement's text once per model, and send rows as one JSON parameter that
+PostgreSQL unpacks (`jsonb_to_recordset`). Values are what the fields hold after `pre_save`
+(UUIDs, datetimes, dates, decimals and bytes are encoded as PostgreSQL reads them back), so a
+field whose database value differs from its Python value (a custom field with its own
+`get_db_prep_value`) must not be written this way. Loading goes through `from_db_value`, as the
+ORM does. Databases other than PostgreSQL take the ORM's own path.
 """
 
 import json
-from datetime import datetime
+from datetime import date, time
+from decimal import Decimal
 from functools import cache
 from uuid import UUID
 
@@ -16,26 +20,32 @@ from django.db import connection, models
 from django.db.backends.utils import CursorWrapper
 
 
-def insert_values(model: type[models.Model], rows: list[models.Model]) -> tuple[str, list]:
-    """`(columns) VALUES (...), ...` and its parameters for INSERTing unsaved instances."""
-    fields = _insert_fields(model)
-    params = []
-    for row in rows:
-        params += [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
-    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    return f"({_column_list(model)}) VALUES {', '.join([placeholders] * len(rows))}", params
-
-
 def insert_one(instance: models.Model) -> None:
     """INSERT one instance whose primary key is already set (a UUID): one constant statement."""
-    model = type(instance)
-    sql, params = insert_values(model, [instance])
-    with connection.cursor() as cursor:
+    insert_rows(type(instance), [instance])
+
+
+def insert_rows(model: type[models.Model], rows: list[models.Model]) -> None:
+    """INSERT unsaved instances whose primary keys are already set, in one statement.
+
+    On PostgreSQL the rows travel as one JSON parameter (`json_recordset`): for a batch of 100
+    emails of 40 columns that is one C call where binding 4,000 values costs milliseconds.
+    """
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        model._base_manager.bulk_create(rows, batch_size=500)
+        return
+    table = connection.ops.quote_name(model._meta.db_table)
+    with server_binding_cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} {sql}", params
+            f"INSERT INTO {table} {column_list(model)} "  # noqa: S608 (quoted names only)
+            f"SELECT * FROM {json_recordset(model, 'new_row')}",
+            [json_dumps(json_rows(model, rows))],
         )
-    instance._state.adding = False
-    instance._state.db = connection.alias
+    for row in rows:
+        row._state.adding = False
+        row._state.db = connection.alias
 
 
 def select_instance(model: type[models.Model], sql: str, params: list, *, extra: int = 0):
@@ -107,9 +117,13 @@ def json_dumps(value) -> str:
 def _json_default(value):
     if isinstance(value, UUID):
         return str(value)
-    if isinstance(value, datetime):
+    if isinstance(value, date | time):
         # isoformat keeps the microseconds (Django's encoder cuts them to milliseconds).
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes | memoryview):
+        return "\\x" + bytes(value).hex()  # bytea's hex input format
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

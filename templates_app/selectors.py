@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import connection
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
@@ -123,9 +124,20 @@ def template_version_diff(*, template: EmailTemplate, number: int) -> TemplateVe
 # Every templated send runs this lookup: one hand-written query for the template and its
 # current version, where the ORM needs two queries that each cost more CPU to build than
 # PostgreSQL spends answering them.
+_ACTIVE_TEMPLATE_FIELDS = [
+    "id",
+    "slug",
+    "name",
+    "subject",
+    "variables",
+    "is_active",
+    "version",
+    "created_at",
+    "updated_at",
+]
 _ACTIVE_TEMPLATE_SQL = (
     "SELECT t.id, t.slug, t.name, t.subject, t.variables, t.is_active, t.version, "
-    "t.created_at, t.updated_at, v.id AS current_version_id, v.subject AS current_version_subject "
+    "t.created_at, t.updated_at, v.id, v.subject "
     "FROM email_templates t LEFT JOIN email_template_versions v "
     "ON v.template_id = t.id AND v.number = t.version "
     "WHERE t.slug = %s AND t.is_active"
@@ -138,21 +150,23 @@ def template_get_active(*, slug: str, field: str = "template") -> EmailTemplate:
     Its current version comes with it, so `template_current_version` then costs no query.
     Accepting an email needs neither's bodies: those are loaded only if read.
     """
-    template = next(iter(EmailTemplate.objects.raw(_ACTIVE_TEMPLATE_SQL, [slug])), None)
-    if template is None:
+    with connection.cursor() as cursor:
+        cursor.execute(_ACTIVE_TEMPLATE_SQL, [slug])
+        row = cursor.fetchone()
+    if row is None:
         raise TemplateNotFound(f"No active template with slug '{slug}'.", field=field)
+    *values, version_id, version_subject = row
+    variables = EmailTemplate._meta.get_field("variables")
+    values[4] = variables.from_db_value(values[4], None, connection)
+    # The bodies (html, text) stay deferred: loaded only if read.
+    template = EmailTemplate.from_db(connection.alias, _ACTIVE_TEMPLATE_FIELDS, values)
     template._current_version = (
         None
-        if template.current_version_id is None
+        if version_id is None
         else EmailTemplateVersion.from_db(
-            template._state.db,
+            connection.alias,
             ["id", "template_id", "number", "subject"],
-            [
-                template.current_version_id,
-                template.pk,
-                template.version,
-                template.current_version_subject,
-            ],
+            [version_id, template.pk, template.version, version_subject],
         )
     )
     return template

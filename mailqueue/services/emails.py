@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from mailqueue import conf
-from mailqueue.db import insert_one
+from mailqueue.db import insert_one, insert_rows
 from mailqueue.errors import (
     InvalidTransition,
     TemplateRenderError,
@@ -274,7 +274,7 @@ def batch_create(
                     run_at=send_at,
                 )
             )
-    EmailJob.objects.bulk_create(emails, batch_size=500)
+    insert_rows(EmailJob, emails)
     if jobs:
         deliveries_enqueue_on_commit(jobs)
     else:
