@@ -1,12 +1,15 @@
 """Django settings for Mailqueue.
 
-Every environment variable the service reads is read here (12-factor); apps read their own
-options through their ``conf.py`` at call time. README.md and .env.example list them all.
+Every environment variable the Django processes read is read here (12-factor). Mailqueue's own
+options are only mapped here, when their variable is present: their defaults live in
+``mailqueue/conf.py``, which the app reads at call time. README.md and .env.example list them all.
 """
 
 from pathlib import Path
 
 import environ
+
+from mailqueue.priorities import QUEUE_NAMES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -30,7 +33,7 @@ INSTALLED_APPS = [
     "mailqueue",
     "templates_app",
     "tracking",
-    "django.contrib.admin",
+    "mailqueue.apps.MailqueueAdminConfig",  # django.contrib.admin with our AdminSite
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -100,13 +103,13 @@ RQ_QUEUES = {
         # Fail fast when Redis is unreachable instead of hanging a request or the scheduler.
         "CONNECTION_KWARGS": {"socket_connect_timeout": 5, "health_check_interval": 30},
     }
-    for name in ("high", "default", "low")
+    for name in QUEUE_NAMES
 }
 RQ = {
     # Workers run jobs in their own process (no fork per job) so SMTP/HTTP connections to
     # providers stay open across emails.
     "WORKER_CLASS": "mailqueue.worker.MailqueueWorker",
-    "SCHEDULER_CLASS": "mailqueue.scheduling.MailqueueScheduler",
+    "SCHEDULER_CLASS": "mailqueue.scheduler.MailqueueScheduler",
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -162,15 +165,9 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
-# --- Email delivery -------------------------------------------------------------------------
+# --- Email delivery and Mailqueue's options ---------------------------------------------------
+# Django's own setting, so it keeps its default here (Django's would be webmaster@localhost).
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Mailqueue <noreply@localhost>")
-# Ordered provider names; the first is used, later ones take over during an outage.
-EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=["capture"] if DEBUG else [])
-# Where the admin's "release" sends a captured message (default: the real providers above).
-MAILQUEUE_RELEASE_PROVIDERS = env.list("MAILQUEUE_RELEASE_PROVIDERS", default=[])
-# Settings of the `smtp` provider (django-environ email URL: smtp://, smtp+tls://, smtp+ssl://).
-MAILQUEUE_SMTP = env.email_url("EMAIL_URL", default="smtp://localhost:25")
-MAILQUEUE_SMTP_TIMEOUT = env.float("EMAIL_TIMEOUT", default=30.0)
 # Every ANYMAIL_* variable becomes a key of anymail's settings dict (ANYMAIL_SENDGRID_API_KEY ->
 # ANYMAIL["SENDGRID_API_KEY"]), so any ESP anymail supports is configured the same way.
 ANYMAIL = {
@@ -179,37 +176,43 @@ ANYMAIL = {
     if key.startswith("ANYMAIL_")
 }
 
-MAILQUEUE_MAX_ATTEMPTS = env.int("MAILQUEUE_MAX_ATTEMPTS", default=5)
-MAILQUEUE_RETRY_BASE_SECONDS = env.float("MAILQUEUE_RETRY_BASE_SECONDS", default=30)
-MAILQUEUE_RETRY_MAX_SECONDS = env.float("MAILQUEUE_RETRY_MAX_SECONDS", default=3600)
-MAILQUEUE_BATCH_MAX = env.int("MAILQUEUE_BATCH_MAX", default=1000)
-MAILQUEUE_BATCH_CHUNK_SIZE = env.int("MAILQUEUE_BATCH_CHUNK_SIZE", default=100)
-MAILQUEUE_WORKER_CONCURRENCY = env.int("MAILQUEUE_WORKER_CONCURRENCY", default=8)
-MAILQUEUE_MAX_RECIPIENTS = env.int("MAILQUEUE_MAX_RECIPIENTS", default=50)
-MAILQUEUE_MAX_BODY_BYTES = env.int("MAILQUEUE_MAX_BODY_BYTES", default=10 * 1024 * 1024)
-MAILQUEUE_LEASE_SECONDS = env.int("MAILQUEUE_LEASE_SECONDS", default=300)
-MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = env.float("MAILQUEUE_PROVIDER_COOLDOWN_SECONDS", default=30)
-MAILQUEUE_SWEEP_INTERVAL_SECONDS = env.float("MAILQUEUE_SWEEP_INTERVAL_SECONDS", default=15)
-MAILQUEUE_SWEEP_GRACE_SECONDS = env.float("MAILQUEUE_SWEEP_GRACE_SECONDS", default=30)
-MAILQUEUE_IDEMPOTENCY_TTL_HOURS = env.int("MAILQUEUE_IDEMPOTENCY_TTL_HOURS", default=24)
-MAILQUEUE_API_THROTTLE_RATE = env.str("MAILQUEUE_API_THROTTLE_RATE", default="") or None
-MAILQUEUE_ALLOWED_HEADERS = env.list(
-    "MAILQUEUE_ALLOWED_HEADERS",
-    default=[
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-        "List-Id",
-        "In-Reply-To",
-        "References",
-        "Auto-Submitted",
-        "Precedence",
-        "X-Entity-Ref-ID",
-    ],
-)
-# Custom headers starting with X- are allowed unless this is off.
-MAILQUEUE_ALLOW_X_HEADERS = env.bool("MAILQUEUE_ALLOW_X_HEADERS", default=True)
-# Body size is enforced by our middleware with a 413; Django's own limit would answer 400.
-DATA_UPLOAD_MAX_MEMORY_SIZE = MAILQUEUE_MAX_BODY_BYTES
+# Mailqueue's options: each setting is set only when its variable is present, so that its
+# default is written once, in mailqueue/conf.py. Parsing the value here stops every process at
+# startup on a malformed one.
+_MAILQUEUE_VARIABLES = {
+    "EMAIL_PROVIDERS": env.list,
+    "MAILQUEUE_RELEASE_PROVIDERS": env.list,
+    "MAILQUEUE_MAX_ATTEMPTS": env.int,
+    "MAILQUEUE_RETRY_BASE_SECONDS": env.float,
+    "MAILQUEUE_RETRY_MAX_SECONDS": env.float,
+    "MAILQUEUE_BATCH_MAX": env.int,
+    "MAILQUEUE_BATCH_CHUNK_SIZE": env.int,
+    "MAILQUEUE_WORKER_CONCURRENCY": env.int,
+    "MAILQUEUE_MAX_RECIPIENTS": env.int,
+    "MAILQUEUE_MAX_BODY_BYTES": env.int,
+    "MAILQUEUE_LEASE_SECONDS": env.int,
+    "MAILQUEUE_PROVIDER_COOLDOWN_SECONDS": env.float,
+    "MAILQUEUE_SWEEP_INTERVAL_SECONDS": env.float,
+    "MAILQUEUE_SWEEP_GRACE_SECONDS": env.float,
+    "MAILQUEUE_IDEMPOTENCY_TTL_HOURS": env.int,
+    "MAILQUEUE_API_THROTTLE_RATE": env.str,
+    "MAILQUEUE_ALLOWED_HEADERS": env.list,
+    "MAILQUEUE_ALLOW_X_HEADERS": env.bool,
+}
+for _name, _parse in _MAILQUEUE_VARIABLES.items():
+    if _name in env.ENVIRON:
+        globals()[_name] = _parse(_name)
+# The two variables of the `smtp` provider keep the names django-environ documents, but they
+# configure only that provider, so their settings carry Mailqueue's prefix:
+#   EMAIL_URL (smtp://, smtp+tls://, smtp+ssl://) -> MAILQUEUE_SMTP (a dict of EMAIL_* options)
+#   EMAIL_TIMEOUT                                 -> MAILQUEUE_SMTP_TIMEOUT
+if "EMAIL_URL" in env.ENVIRON:
+    MAILQUEUE_SMTP = env.email_url("EMAIL_URL")
+if "EMAIL_TIMEOUT" in env.ENVIRON:
+    MAILQUEUE_SMTP_TIMEOUT = env.float("EMAIL_TIMEOUT")
+# Django's body size limit is off: RequestBodyLimitMiddleware enforces MAILQUEUE_MAX_BODY_BYTES,
+# read per request, with a 413 (Django's limit would answer 400 and ignore later overrides).
+DATA_UPLOAD_MAX_MEMORY_SIZE = None
 
 LOGGING = {
     "version": 1,

@@ -1,6 +1,7 @@
-"""App config for the core email pipeline."""
+"""App configs: the core email pipeline, and the admin with Mailqueue's own site."""
 
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 
 class MailqueueConfig(AppConfig):
@@ -13,3 +14,13 @@ class MailqueueConfig(AppConfig):
     def ready(self) -> None:
         """Register system checks."""
         from mailqueue import checks  # noqa: F401
+
+
+class MailqueueAdminConfig(admin_apps.AdminConfig):
+    """`django.contrib.admin` with `MailqueueAdminSite` as `admin.site` (Django's documented way to
+    replace the default site); listed in INSTALLED_APPS instead of "django.contrib.admin"."""
+
+    # Not a candidate when Django picks the config of the "mailqueue" entry: that is
+    # MailqueueConfig.
+    default = False
+    default_site = "mailqueue.admin_site.MailqueueAdminSite"

@@ -1,9 +1,36 @@
-"""System checks: refuse to run in production without a working provider configuration."""
+"""System checks: refuse to start with an unusable option or provider configuration."""
+
+import inspect
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from mailqueue import conf
+
+
+def option_functions() -> list[Callable[[], object]]:
+    """Every option function of `mailqueue.conf` (its public functions that take no argument)."""
+    return [
+        function
+        for name, function in inspect.getmembers(conf, inspect.isfunction)
+        if function.__module__ == conf.__name__
+        and not name.startswith("_")
+        and not inspect.signature(function).parameters
+    ]
+
+
+@register(Tags.compatibility)
+def check_options(app_configs: object = None, **kwargs: object) -> list[CheckMessage]:
+    """E003: an option's setting has a value Mailqueue cannot use."""
+    errors = []
+    for option in option_functions():
+        try:
+            option()
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="mailqueue.E003"))
+    return errors
 
 
 @register(Tags.compatibility)
@@ -12,7 +39,10 @@ def check_providers(app_configs: object = None, **kwargs: object) -> list[CheckM
     from mailqueue.errors import ProviderConfigurationError
     from mailqueue.providers import provider_class
 
-    names = conf.providers()
+    try:
+        names = conf.providers()
+    except ImproperlyConfigured:
+        return []  # reported by check_options as mailqueue.E003
     errors = []
     if not names and not settings.DEBUG:
         errors.append(

@@ -1,128 +1,192 @@
-"""Mailqueue options, read from Django settings at call time (so tests can override them)."""
+"""Mailqueue's options: each one's setting name and default are written here and nowhere else.
 
+`config/settings.py` only maps the environment: it sets an option's setting when its variable is
+present, so an option nobody set falls back to the default below. Options are read at call time
+(tests override them with pytest-django's `settings`) through `get_setting`, which names the
+setting in an ImproperlyConfigured error when its value is unusable; the system check
+mailqueue.E003 reads every option, so such a value stops `manage.py` commands at startup.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+from email.utils import parseaddr
+from typing import Any, TypeVar
+
+import environ
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+T = TypeVar("T")
+_UNSET = object()
 
 
-def _get(name: str, default):
-    return getattr(settings, name, default)
+def get_setting(
+    name: str, default: T, parse: Callable[[Any], T], *, minimum: float | None = None
+) -> T:
+    """Setting `name` read through `parse`, or `default` when it is not set at all.
+
+    Raises ImproperlyConfigured naming the setting when `parse` refuses its value (TypeError or
+    ValueError) or the value is below `minimum`.
+    """
+    value = getattr(settings, name, _UNSET)
+    if value is _UNSET:
+        return default
+    try:
+        parsed = parse(value)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"{name} = {value!r} is not valid: {exc}") from exc
+    if minimum is not None and parsed < minimum:
+        raise ImproperlyConfigured(f"{name} = {value!r} is not valid: the minimum is {minimum}.")
+    return parsed
+
+
+def _names(value: str | Iterable[str]) -> list[str]:
+    """A list of names from a list or a comma-separated string, blanks dropped."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _boolean(value: object) -> bool:
+    """True or False, refusing anything else (bool("0") would be True)."""
+    if not isinstance(value, bool):
+        raise TypeError("expected True or False")
+    return value
+
+
+def _mapping(value: object) -> dict:
+    """A copy of a dict of options."""
+    if not isinstance(value, Mapping):
+        raise TypeError("expected a dict of options")
+    return dict(value)
+
+
+def _text_or_none(value: object) -> str | None:
+    """The value as a string, or None for an empty one."""
+    return str(value) if value else None
 
 
 def providers() -> list[str]:
-    """Ordered provider names from EMAIL_PROVIDERS; later ones take over during an outage."""
-    value = _get("EMAIL_PROVIDERS", [])
-    if isinstance(value, str):
-        value = value.split(",")
-    return [name.strip() for name in value if name.strip()]
+    """Ordered provider names from EMAIL_PROVIDERS; later ones take over during an outage.
+
+    Default: the capture inbox while DEBUG is on, nothing otherwise (check mailqueue.E001).
+    """
+    return get_setting("EMAIL_PROVIDERS", ["capture"] if settings.DEBUG else [], _names)
 
 
 def release_providers() -> list[str]:
     """Providers a captured message is released to: MAILQUEUE_RELEASE_PROVIDERS, or the real
     (non-capture, non-console) providers of EMAIL_PROVIDERS."""
-    value = _get("MAILQUEUE_RELEASE_PROVIDERS", None)
-    if value:
-        names = value.split(",") if isinstance(value, str) else value
-        return [name.strip() for name in names if name.strip()]
-    return [name for name in providers() if name not in {"capture", "console"}]
+    configured = get_setting("MAILQUEUE_RELEASE_PROVIDERS", [], _names)
+    return configured or [name for name in providers() if name not in {"capture", "console"}]
 
 
 def provider_cooldown_seconds() -> float:
     """How long a worker skips a provider after an outage (connection refused, timeout, 5xx)."""
-    return float(_get("MAILQUEUE_PROVIDER_COOLDOWN_SECONDS", 30))
+    return get_setting("MAILQUEUE_PROVIDER_COOLDOWN_SECONDS", 30.0, float, minimum=0)
 
 
 def smtp_settings() -> dict:
-    """The `smtp` provider's settings (EMAIL_URL parsed by django-environ)."""
-    return dict(_get("MAILQUEUE_SMTP", {}))
+    """The `smtp` provider's EMAIL_* options, as django-environ parses the EMAIL_URL variable."""
+    default = environ.Env.email_url_config("smtp://localhost:25")
+    return get_setting("MAILQUEUE_SMTP", default, _mapping)
 
 
 def smtp_timeout() -> float:
-    """Seconds before an SMTP connect or command times out."""
-    return float(_get("MAILQUEUE_SMTP_TIMEOUT", 30.0))
+    """Seconds before an SMTP connect or command times out (the EMAIL_TIMEOUT variable)."""
+    return get_setting("MAILQUEUE_SMTP_TIMEOUT", 30.0, float, minimum=0)
 
 
 def max_attempts() -> int:
     """Delivery attempts before an email is failed for good."""
-    return int(_get("MAILQUEUE_MAX_ATTEMPTS", 5))
+    return get_setting("MAILQUEUE_MAX_ATTEMPTS", 5, int, minimum=1)
 
 
 def retry_base_seconds() -> float:
     """Base of the exponential backoff between attempts."""
-    return float(_get("MAILQUEUE_RETRY_BASE_SECONDS", 30))
+    return get_setting("MAILQUEUE_RETRY_BASE_SECONDS", 30.0, float, minimum=0)
 
 
 def retry_max_seconds() -> float:
     """Upper bound of one backoff delay."""
-    return float(_get("MAILQUEUE_RETRY_MAX_SECONDS", 3600))
+    return get_setting("MAILQUEUE_RETRY_MAX_SECONDS", 3600.0, float, minimum=0)
 
 
 def batch_max() -> int:
     """Most recipients one batch request may carry."""
-    return int(_get("MAILQUEUE_BATCH_MAX", 1000))
+    return get_setting("MAILQUEUE_BATCH_MAX", 1000, int, minimum=1)
 
 
 def batch_chunk_size() -> int:
     """Emails one delivery job claims at a time (a drain's chunk, a scheduled batch's job)."""
-    return max(1, int(_get("MAILQUEUE_BATCH_CHUNK_SIZE", 100)))
+    return get_setting("MAILQUEUE_BATCH_CHUNK_SIZE", 100, int, minimum=1)
 
 
 def worker_concurrency() -> int:
     """Sends one worker process overlaps (threads, each with its own provider connections)."""
-    return max(1, int(_get("MAILQUEUE_WORKER_CONCURRENCY", 8)))
+    return get_setting("MAILQUEUE_WORKER_CONCURRENCY", 8, int, minimum=1)
 
 
 def max_recipients() -> int:
     """Most addresses one email may have across to, cc and bcc."""
-    return int(_get("MAILQUEUE_MAX_RECIPIENTS", 50))
+    return get_setting("MAILQUEUE_MAX_RECIPIENTS", 50, int, minimum=1)
 
 
 def max_body_bytes() -> int:
-    """Largest API request body accepted (413 above)."""
-    return int(_get("MAILQUEUE_MAX_BODY_BYTES", 10 * 1024 * 1024))
+    """Largest request body accepted (413 above)."""
+    return get_setting("MAILQUEUE_MAX_BODY_BYTES", 10 * 1024 * 1024, int, minimum=1)
 
 
 def lease_seconds() -> int:
     """How long a worker may hold an email in `sending` before the sweeper takes it back."""
-    return int(_get("MAILQUEUE_LEASE_SECONDS", 300))
+    return get_setting("MAILQUEUE_LEASE_SECONDS", 300, int, minimum=1)
 
 
 def sweep_interval_seconds() -> float:
     """How often the scheduler process runs the sweeper."""
-    return float(_get("MAILQUEUE_SWEEP_INTERVAL_SECONDS", 15))
+    return get_setting("MAILQUEUE_SWEEP_INTERVAL_SECONDS", 15.0, float, minimum=0)
 
 
 def sweep_grace_seconds() -> float:
     """How late a queued, scheduled or retrying email must be before the sweeper re-enqueues it."""
-    return float(_get("MAILQUEUE_SWEEP_GRACE_SECONDS", 30))
+    return get_setting("MAILQUEUE_SWEEP_GRACE_SECONDS", 30.0, float, minimum=0)
 
 
 def idempotency_ttl_hours() -> int:
     """How long an Idempotency-Key is remembered."""
-    return int(_get("MAILQUEUE_IDEMPOTENCY_TTL_HOURS", 24))
+    return get_setting("MAILQUEUE_IDEMPOTENCY_TTL_HOURS", 24, int, minimum=0)
 
 
 def api_throttle_rate() -> str | None:
     """Per-API-key request rate such as `100/s`, or None for no throttling."""
-    return _get("MAILQUEUE_API_THROTTLE_RATE", None) or None
+    return get_setting("MAILQUEUE_API_THROTTLE_RATE", None, _text_or_none)
 
 
 def allowed_headers() -> set[str]:
     """Custom header names (lowercased) a sender may set."""
-    return {name.lower() for name in _get("MAILQUEUE_ALLOWED_HEADERS", [])}
+    default = [
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Id",
+        "In-Reply-To",
+        "References",
+        "Auto-Submitted",
+        "Precedence",
+        "X-Entity-Ref-ID",
+    ]
+    return {name.lower() for name in get_setting("MAILQUEUE_ALLOWED_HEADERS", default, _names)}
 
 
 def allow_x_headers() -> bool:
-    """Whether any `X-` header may be set."""
-    return bool(_get("MAILQUEUE_ALLOW_X_HEADERS", True))
+    """Whether any `X-` header may be set besides the allowed ones."""
+    return get_setting("MAILQUEUE_ALLOW_X_HEADERS", True, _boolean)
 
 
 def default_from_email() -> str:
-    """Sender used when a request names none."""
-    return _get("DEFAULT_FROM_EMAIL", "noreply@localhost")
+    """Sender used when a request names none: Django's DEFAULT_FROM_EMAIL."""
+    # A Django setting, so it always has a value: its default is in config/settings.py.
+    return settings.DEFAULT_FROM_EMAIL
 
 
 def message_id_domain() -> str:
     """Domain of the Message-IDs we generate: the default sender's domain."""
-    from email.utils import parseaddr
-
     address = parseaddr(default_from_email())[1]
     return address.rpartition("@")[2] or "localhost"

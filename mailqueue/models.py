@@ -1,4 +1,6 @@
-"""Email jobs, batches, attempts, API clients and keys, idempotency records, captured messages."""
+"""Email jobs and their attachments, batches, delivery attempts, API clients and keys,
+idempotency records, captured messages. Writes go through `mailqueue.services`, reads through
+`mailqueue.selectors`."""
 
 import os
 import threading
@@ -38,7 +40,8 @@ def uuid7() -> uuid.UUID:
 
 
 class Priority(models.TextChoices):
-    """Priorities are RQ queue names; workers drain `high` before `default` before `low`."""
+    """Priorities are RQ queue names, listed in the order workers drain them: `high`, `default`,
+    `low` (code that lists the queues reads this order)."""
 
     HIGH = "high"
     DEFAULT = "default"
@@ -46,7 +49,8 @@ class Priority(models.TextChoices):
 
 
 class EmailStatus(models.TextChoices):
-    """Lifecycle of an email. Only services in `services.py` move an email between these."""
+    """Lifecycle of an email. Only the services in `mailqueue/services/` move an email between
+    these, each with a checked transition."""
 
     SCHEDULED = "scheduled"
     QUEUED = "queued"

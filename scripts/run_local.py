@@ -91,9 +91,12 @@ def main() -> int:
     """Start the three processes and stop them together."""
     os.chdir(ROOT)
     password, key = setup()
+    from mailqueue.models import Priority  # Django is set up by now
+
     commands = {
         "web": [PYTHON, "manage.py", "runserver", f"{HOST}:{PORT}"],
-        "worker": [PYTHON, "manage.py", "rqworker", "high", "default", "low"],
+        # One worker drains every priority's queue, highest first.
+        "worker": [PYTHON, "manage.py", "rqworker", *Priority.values],
         "scheduler": [PYTHON, "manage.py", "rqscheduler"],
     }
     processes = {

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from mailqueue.admin.utils import admin_url, copy_saved_instance
+from mailqueue.admin.helpers import admin_url, copy_saved_instance
 from mailqueue.errors import MailqueueError, TemplateRenderError
 from mailqueue.services import template_send_test
 from templates_app.models import EmailTemplate

@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from mailqueue.admin.utils import EstimatedCountPaginator, pretty_json
+from mailqueue.admin.helpers import AppendOnlyAdminMixin, EstimatedCountPaginator, pretty_json
 from tracking.models import TrackingEvent
 
 # The email columns the list shows; the rest of the (wide) email row is not loaded.
@@ -24,7 +24,7 @@ EVENT_LIST_FIELDS = (
 
 
 @admin.register(TrackingEvent)
-class TrackingEventAdmin(admin.ModelAdmin):
+class TrackingEventAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     """Events, newest first; filtered by type (indexed with the time)."""
 
     list_display = ("occurred_at", "event_type", "email_link", "provider", "recipient")
@@ -57,14 +57,6 @@ class TrackingEventAdmin(admin.ModelAdmin):
             .select_related("email")
             .only(*EVENT_LIST_FIELDS, "description", "data", "created_at")
         )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        """Events are written by services only."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Events are append-only."""
-        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         """Events are history; only superusers may remove them."""

@@ -1,26 +1,25 @@
 """Batches admin: counts per status and links to their emails."""
 
 from django.contrib import admin
-from django.db.models import Model, QuerySet
+from django.db.models import Model
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from mailqueue.admin.common import ReadOnlyAdminMixin, email_changelist_url
-from mailqueue.admin.utils import (
+from mailqueue.admin.helpers import (
     EstimatedCountPaginator,
+    IdSearchMixin,
     LightChangeListMixin,
-    filter_by_uuid,
+    ReadOnlyAdminMixin,
+    email_changelist_url,
     pretty_json,
 )
-from mailqueue.models import (
-    Batch,
-)
-from mailqueue.selectors import batch_status_counts
+from mailqueue.models import Batch
+from mailqueue.selectors.batches import batch_status_counts
 
 
 @admin.register(Batch)
-class BatchAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class BatchAdmin(IdSearchMixin, LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """Batches: how far along their emails are, and a link to them."""
 
     list_display = ("id", "client", "template", "count", "priority", "created_at")
@@ -51,16 +50,6 @@ class BatchAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         """Only superusers may delete batches (deleting one deletes its emails)."""
         return request.user.is_superuser
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet, search_term: str
-    ) -> tuple[QuerySet, bool]:
-        """Find a batch by its exact id; anything that is not a UUID finds nothing."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        by_id = filter_by_uuid(queryset, term)
-        return (queryset.none() if by_id is None else by_id), False
 
     @admin.display(description="context")
     def context_display(self, obj: Batch) -> SafeString:

@@ -16,23 +16,24 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
-from mailqueue.admin.common import ReadOnlyAdminMixin
-from mailqueue.admin.utils import (
+from mailqueue.admin.helpers import (
+    DetailToolsMixin,
     LightChangeListMixin,
+    ReadOnlyAdminMixin,
     admin_url,
     email_link,
     preformatted,
     sandboxed_html,
 )
 from mailqueue.errors import InvalidTransition, ValidationFailed
-from mailqueue.models import (
-    CapturedMessage,
-)
+from mailqueue.models import CapturedMessage
 from mailqueue.services import captured_message_release
 
 
 @admin.register(CapturedMessage)
-class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class CapturedMessageAdmin(
+    DetailToolsMixin, LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
     """The capture inbox: what the `capture` provider would have sent, exactly as MIME."""
 
     list_display = (
@@ -79,21 +80,10 @@ class CapturedMessageAdmin(LightChangeListMixin, ReadOnlyAdminMixin, admin.Model
             *super().get_urls(),
         ]
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        """The message, with the release button for users who may send (until it is released)."""
-        captured = self.get_object(request, unquote(object_id))
-        released = captured is not None and captured.released_as_id is not None
-        extra_context = {
-            "can_release": self.has_change_permission(request) and not released,
-            **(extra_context or {}),
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
+    def detail_tools(self, request: HttpRequest, obj: CapturedMessage | None) -> dict[str, Any]:
+        """The release button, for users who may send, until the message is released."""
+        released = obj is not None and obj.released_as_id is not None
+        return {"can_release": self.has_change_permission(request) and not released}
 
     def release_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Send a captured message through the real provider (POST), as a new email."""

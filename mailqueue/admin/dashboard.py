@@ -1,7 +1,8 @@
 """The operator dashboard on the admin home: queues, workers, recent sends and an hourly chart.
 
-The numbers come from `selectors.dashboard_stats`; this module only turns them into links and an
-inline SVG chart (drawn on the server: no JavaScript, nothing loaded from elsewhere).
+The numbers come from `mailqueue.selectors.dashboard`; this module only turns them into links and
+an inline SVG chart (drawn on the server: no JavaScript, nothing loaded from elsewhere). The admin
+site (`mailqueue.admin_site`) puts it on its home page.
 """
 
 import math
@@ -9,16 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django_rq.settings import get_queues_map
 
-from mailqueue.admin.common import email_changelist_url
+from mailqueue.admin.helpers import email_changelist_url
 from mailqueue.models import EmailStatus
-from mailqueue.selectors import DashboardStats, HourBucket, dashboard_stats
+from mailqueue.selectors.dashboard import DashboardStats, HourBucket
 from tracking.models import EventType
 
 CHART_WIDTH = 760
@@ -197,21 +196,3 @@ def dashboard_context(stats: DashboardStats) -> dict[str, Any]:
         "dead_letters_url": reverse("admin:mailqueue_emailjob_dead_letters"),
         "chart": hourly_chart(stats.hourly),
     }
-
-
-_site_index = admin.site.index
-
-
-def index_with_dashboard(
-    request: HttpRequest, extra_context: dict[str, Any] | None = None
-) -> HttpResponse:
-    """The admin home, with the dashboard for users who may see emails."""
-    extra_context = dict(extra_context or {})
-    if request.user.has_perm("mailqueue.view_emailjob"):
-        extra_context.setdefault("dashboard", dashboard_context(dashboard_stats()))
-    return _site_index(request, extra_context=extra_context)
-
-
-# The default AdminSite is used (no subclass to configure), so its index view is wrapped; this
-# runs at admin autodiscovery, before the URLconf reads `admin.site.urls`.
-admin.site.index = index_with_dashboard

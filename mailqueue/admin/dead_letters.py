@@ -6,29 +6,26 @@ cancelled before every email exhausts its attempts.
 
 from typing import Any
 
-from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from mailqueue.admin.common import (
-    cancel_report,
+from mailqueue.admin.helpers import (
+    admin_url,
     email_changelist_url,
-    emails_bulk_apply,
-    retry_report,
+    emails_cancel_bulk,
+    emails_retry_bulk,
 )
-from mailqueue.admin.utils import admin_url, pk_chunks
 from mailqueue.models import EmailStatus
-from mailqueue.selectors import (
+from mailqueue.selectors.dead_letters import (
     DEAD_LETTER_GROUPS_SHOWN,
     dead_letter_groups,
     failed_emails_in_group,
     retrying_emails_in_group,
     retrying_groups,
 )
-from mailqueue.services import emails_cancel_many, emails_retry_many
 
 
 class DeadLettersAdminMixin:
@@ -66,6 +63,8 @@ class DeadLettersAdminMixin:
             "failed_groups_capped": len(failed) >= DEAD_LETTER_GROUPS_SHOWN,
             "groups_shown": DEAD_LETTER_GROUPS_SHOWN,
             "retrying": retrying,
+            # One table template serves both: retrying groups link to no email list.
+            "retrying_rows": [(group, None) for group in retrying.groups],
             "retrying_list_url": email_changelist_url(status__exact=EmailStatus.RETRYING),
             "can_act": self.has_change_permission(request),
         }
@@ -80,20 +79,14 @@ class DeadLettersAdminMixin:
         info = self.opts.app_label, self.opts.model_name
         return HttpResponseRedirect(reverse("admin:{}_{}_dead_letters".format(*info)))
 
-    @staticmethod
-    def _message_level(changed: int) -> int:
-        return messages.SUCCESS if changed else messages.WARNING
-
     def dead_letters_retry_view(self, request: HttpRequest) -> HttpResponse:
         """Queue every failed email of one group again (POST), through emails_retry_many."""
         return require_POST(self._retry_group)(request)
 
     def _retry_group(self, request: HttpRequest) -> HttpResponse:
-        key = self._group_key(request)
-        outcome = emails_bulk_apply(
-            pk_chunks(failed_emails_in_group(error_group=key)), emails_retry_many
+        emails_retry_bulk(
+            self, request, failed_emails_in_group(error_group=self._group_key(request))
         )
-        self.message_user(request, retry_report(outcome), self._message_level(outcome.changed))
         return self._back_to_dead_letters()
 
     def dead_letters_cancel_view(self, request: HttpRequest) -> HttpResponse:
@@ -102,8 +95,5 @@ class DeadLettersAdminMixin:
 
     def _cancel_group(self, request: HttpRequest) -> HttpResponse:
         key = self._group_key(request)
-        outcome = emails_bulk_apply(
-            pk_chunks(retrying_emails_in_group(error_group=key)), emails_cancel_many
-        )
-        self.message_user(request, cancel_report(outcome), self._message_level(outcome.changed))
+        emails_cancel_bulk(self, request, retrying_emails_in_group(error_group=key))
         return self._back_to_dead_letters()

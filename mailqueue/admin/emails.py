@@ -21,23 +21,20 @@ from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 from django_rq.settings import get_queues_map
 
-from mailqueue.admin.common import (
-    EMAIL_LIST_DEFERRED,
-    ReadOnlyAdminMixin,
-    cancel_report,
-    email_changelist_url,
-    emails_bulk_apply,
-    retry_report,
-)
 from mailqueue.admin.dead_letters import DeadLettersAdminMixin
-from mailqueue.admin.utils import (
+from mailqueue.admin.helpers import (
+    AppendOnlyAdminMixin,
+    DetailToolsMixin,
     EstimatedCountPaginator,
+    IdSearchMixin,
     LightChangeListMixin,
+    ReadOnlyAdminMixin,
     admin_change_link,
     admin_url,
+    email_changelist_url,
+    emails_cancel_bulk,
+    emails_retry_bulk,
     error_block,
-    filter_by_uuid,
-    pk_chunks,
     pretty_json,
     rendered_parts,
 )
@@ -48,23 +45,28 @@ from mailqueue.models import (
     EmailJob,
     EmailStatus,
 )
-from mailqueue.selectors import (
-    dead_letter_group_get,
-    email_get_for_timeline,
-    email_origin,
-    email_timeline,
-)
-from mailqueue.services import (
-    email_cancel,
-    email_retry,
-    emails_cancel_many,
-    emails_retry_many,
-)
+from mailqueue.selectors.dead_letters import dead_letter_group_get
+from mailqueue.selectors.timeline import email_get_for_timeline, email_origin, email_timeline
+from mailqueue.services import email_cancel, email_retry
 from mailqueue.services.delivery import email_render
 from mailqueue.services.emails import CANCELLABLE, RETRYABLE
 from mailqueue.validation import address_spec
 from templates_app.models import EmailTemplate
 from tracking.models import TrackingEvent
+
+# Columns never shown on the email list; a page of 100 emails would otherwise load 100 bodies.
+EMAIL_LIST_DEFERRED = (
+    "html",
+    "text",
+    "context",
+    "headers",
+    "metadata",
+    "last_error",
+    "template__html",
+    "template__text",
+    "template__sample_context",
+    "template__variables",
+)
 
 
 class EmailTemplateFilter(admin.SimpleListFilter):
@@ -113,7 +115,7 @@ class ErrorGroupFilter(admin.SimpleListFilter):
         return queryset.filter(error_group=value)
 
 
-class DeliveryAttemptInline(admin.TabularInline):
+class DeliveryAttemptInline(AppendOnlyAdminMixin, admin.TabularInline):
     """Each try at handing the email to a provider."""
 
     model = DeliveryAttempt
@@ -132,20 +134,8 @@ class DeliveryAttemptInline(admin.TabularInline):
     show_change_link = False
     verbose_name_plural = "delivery attempts"
 
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Attempts are append-only rows written by the worker."""
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Attempts are never edited."""
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Attempts are never deleted by hand."""
-        return False
-
-
-class TrackingEventInline(admin.TabularInline):
+class TrackingEventInline(AppendOnlyAdminMixin, admin.TabularInline):
     """What happened to the email, as seen by us or reported by the provider."""
 
     model = TrackingEvent
@@ -159,22 +149,15 @@ class TrackingEventInline(admin.TabularInline):
         """Events in the order they happened."""
         return super().get_queryset(request).order_by("occurred_at", "id")
 
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Events are append-only rows written by services."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Events are never edited."""
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        """Events are never deleted by hand."""
-        return False
-
 
 @admin.register(EmailJob)
 class EmailJobAdmin(
-    DeadLettersAdminMixin, LightChangeListMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+    DeadLettersAdminMixin,
+    DetailToolsMixin,
+    IdSearchMixin,
+    LightChangeListMixin,
+    ReadOnlyAdminMixin,
+    admin.ModelAdmin,
 ):
     """The outbox: filters and search that use indexes, read-only detail, retry and cancel."""
 
@@ -267,16 +250,8 @@ class EmailJobAdmin(
         """Only superusers may delete emails (their history goes with them)."""
         return request.user.is_superuser
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet, search_term: str
-    ) -> tuple[QuerySet, bool]:
-        """Search with indexed lookups only: exact id, exact address, or address prefix."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        by_id = filter_by_uuid(queryset, term)
-        if by_id is not None:
-            return by_id, False
+    def search_beyond_id(self, queryset: QuerySet, term: str) -> QuerySet:
+        """Indexed lookups only: an exact address, or an address prefix."""
         spec = address_spec(term) if "@" in term else ""
         if spec:
             try:
@@ -284,9 +259,9 @@ class EmailJobAdmin(
             except ValidationError:
                 spec = ""
         if spec:
-            return queryset.filter(recipient=spec), False
+            return queryset.filter(recipient=spec)
         # A prefix, never icontains: `LIKE 'x%'` can use an index, `LIKE '%x%'` scans the table.
-        return queryset.filter(recipient__startswith=term.lower()), False
+        return queryset.filter(recipient__startswith=term.lower())
 
     def get_urls(self) -> list:
         """The default URLs plus the timeline, POST-only retry and cancel, and dead letters."""
@@ -315,20 +290,11 @@ class EmailJobAdmin(
                 ).first()
         return super().changelist_view(request, extra_context)
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        """The read-only detail, with retry/cancel buttons when the status allows them."""
-        extra_context = extra_context or {}
-        email = self.get_object(request, unquote(object_id))
-        if email is not None and self.has_change_permission(request):
-            extra_context["can_retry"] = email.status in RETRYABLE
-            extra_context["can_cancel"] = email.status in CANCELLABLE
-        return super().change_view(request, object_id, form_url, extra_context)
+    def detail_tools(self, request: HttpRequest, obj: EmailJob | None) -> dict[str, Any]:
+        """Retry and cancel buttons, when the status allows them."""
+        if obj is None or not self.has_change_permission(request):
+            return {}
+        return {"can_retry": obj.status in RETRYABLE, "can_cancel": obj.status in CANCELLABLE}
 
     def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Everything that happened to one email, in order, with the message as it went out."""
@@ -379,22 +345,12 @@ class EmailJobAdmin(
     @admin.action(description="Retry selected emails", permissions=["change"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Retry the failed and cancelled emails among the selection, 1000 at a time."""
-        outcome = emails_bulk_apply(pk_chunks(queryset), emails_retry_many)
-        self.message_user(
-            request,
-            retry_report(outcome),
-            messages.SUCCESS if outcome.changed else messages.WARNING,
-        )
+        emails_retry_bulk(self, request, queryset)
 
     @admin.action(description="Cancel selected emails", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Cancel the scheduled, queued and retrying emails among the selection, 1000 at a time."""
-        outcome = emails_bulk_apply(pk_chunks(queryset), emails_cancel_many)
-        self.message_user(
-            request,
-            cancel_report(outcome),
-            messages.SUCCESS if outcome.changed else messages.WARNING,
-        )
+        emails_cancel_bulk(self, request, queryset)
 
     @admin.display(description="subject")
     def subject_display(self, obj: EmailJob) -> str:

@@ -10,19 +10,9 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from mailqueue.admin.common import email_changelist_url
-from mailqueue.admin.utils import (
-    copy_saved_instance,
-)
-from mailqueue.models import (
-    ApiKey,
-    Client,
-)
-from mailqueue.services import (
-    api_key_create,
-    api_key_revoke,
-    api_key_update,
-)
+from mailqueue.admin.helpers import copy_saved_instance, email_changelist_url
+from mailqueue.models import ApiKey, Client
+from mailqueue.services import api_key_create, api_key_revoke, api_key_update
 
 
 @admin.register(Client)

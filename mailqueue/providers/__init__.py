@@ -6,9 +6,13 @@ import time
 from mailqueue import conf
 from mailqueue.errors import ProviderConfigurationError
 from mailqueue.providers.anymail_esp import AnymailProvider, is_anymail_esp
-from mailqueue.providers.base import Provider
+from mailqueue.providers.base import BackendProvider, Provider
+from mailqueue.providers.capture import CaptureProvider
+from mailqueue.providers.console import ConsoleProvider
+from mailqueue.providers.smtp import SmtpProvider
 
 __all__ = [
+    "BackendProvider",
     "Provider",
     "close_all",
     "configured_providers",
@@ -19,9 +23,6 @@ __all__ = [
     "providers_cooldown_remaining",
     "providers_in_service",
 ]
-from mailqueue.providers.capture import CaptureProvider
-from mailqueue.providers.console import ConsoleProvider
-from mailqueue.providers.smtp import SmtpProvider
 
 # Built-in providers; any other name is looked up among anymail's ESP backends.
 PROVIDER_CLASSES: dict[str, type[Provider]] = {

@@ -11,9 +11,10 @@ from anymail.exceptions import (
     AnymailUnsupportedFeature,
 )
 from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
 
 from mailqueue.errors import DeliveryError, ProviderConfigurationError
-from mailqueue.providers.base import Provider, SendResult, delivery_error
+from mailqueue.providers.base import BackendProvider, SendResult, delivery_error
 
 # HTTP statuses that say "try later" or "this account/key has a problem" rather than
 # "this message is bad": retried, and the next provider is tried meanwhile.
@@ -29,11 +30,8 @@ _TRANSIENT_SES_CODES = {
     "SendingPausedException",
     "MailFromDomainNotVerifiedException",
 }
-
-
-def anymail_backend_path(name: str) -> str:
-    """Dotted path of anymail's backend for an ESP name."""
-    return f"anymail.backends.{name}.EmailBackend"
+# Anymail's recipient statuses that mean the recipient will not get the message.
+_REFUSED_STATUSES = {"rejected", "invalid", "failed"}
 
 
 def is_anymail_esp(name: str) -> bool:
@@ -47,33 +45,22 @@ def is_anymail_esp(name: str) -> bool:
     return hasattr(module, "EmailBackend") and name not in {"base", "base_requests", "test"}
 
 
-class AnymailProvider(Provider):
+class AnymailProvider(BackendProvider):
     """Hands messages to an ESP's HTTP API through anymail, reusing its HTTP session."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.backend = None
-
-    def _open(self) -> None:
+    def _make_backend(self) -> BaseEmailBackend:
         module = import_module(f"anymail.backends.{self.name}")
         try:
-            self.backend = module.EmailBackend(fail_silently=False)
+            return module.EmailBackend(fail_silently=False)
         except AnymailConfigurationError as exc:
             raise ProviderConfigurationError(f"Provider '{self.name}': {exc}") from exc
-        self.backend.open()
-
-    def _close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
 
     def _send(self, message: EmailMessage) -> SendResult:
-        message.connection = self.backend
-        sent = self.backend.send_messages([message])
+        sent = self._deliver(message)
         status = message.anymail_status
         if not sent:
             raise DeliveryError(f"{self.name} did not accept the message.", transient=False)
-        if status.status and status.status <= {"rejected", "invalid", "failed"}:
+        if status.status and status.status <= _REFUSED_STATUSES:
             raise DeliveryError(
                 f"{self.name} refused every recipient: {sorted(status.status)}", transient=False
             )
@@ -86,11 +73,11 @@ class AnymailProvider(Provider):
             rejected={
                 address: recipient.status
                 for address, recipient in (status.recipients or {}).items()
-                if recipient.status in {"rejected", "invalid", "failed"}
+                if recipient.status in _REFUSED_STATUSES
             },
         )
 
-    def _classify(self, exc: Exception) -> DeliveryError:
+    def _classify(self, exc: Exception) -> DeliveryError | None:
         if isinstance(exc, ProviderConfigurationError):
             return DeliveryError(
                 str(exc), error_class=type(exc).__name__, transient=True, outage=True
@@ -109,9 +96,9 @@ class AnymailProvider(Provider):
             transient = _api_error_is_transient(exc)
             # Every transient ESP answer (5xx, 429, bad key, no answer) is about the ESP.
             return delivery_error(exc, transient=transient, outage=transient)
-        # Anything else is worth another try, but is not taken for an outage: anymail wraps
-        # network failures in AnymailAPIError, so this is more likely about this one message.
-        return delivery_error(exc, transient=True)
+        # Anymail wraps network failures in AnymailAPIError, so anything else is left to the
+        # common policy (retried, not an outage).
+        return None
 
 
 def _api_error_is_transient(exc: AnymailAPIError) -> bool:

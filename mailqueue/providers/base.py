@@ -1,10 +1,13 @@
-"""The provider base class: owns the order of the steps of handing one message to a provider."""
+"""The provider base classes: `Provider` owns the order of the steps of handing one message to a
+provider and the policy for exceptions nobody classified; `BackendProvider` adds the steps of the
+providers that wrap a Django email backend."""
 
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
 from rq.timeouts import BaseTimeoutException
 
 from mailqueue.errors import DeliveryError
@@ -28,7 +31,8 @@ class SendResult:
 
 
 class Provider:
-    """A way out for email. Subclasses implement `_open`, `_close`, `_send` and `_classify`.
+    """A way out for email. Subclasses implement `_send`, and `_open`, `_close` and `_classify`
+    when they have a connection to manage or exceptions to classify.
 
     One instance lives per send thread of a worker process (see the registry), so whatever
     `_open` sets up (an SMTP session, an HTTP session, a boto3 client) is reused across emails
@@ -66,6 +70,8 @@ class Provider:
             raise
         except Exception as exc:
             error = self._classify(exc)
+            if error is None:
+                error = unclassified_error(exc)
             if error.transient:
                 # A transient failure often means a broken connection: start afresh next time.
                 self.close()
@@ -78,15 +84,59 @@ class Provider:
         """Tear down the connection (subclass hook)."""
 
     def _send(self, message: EmailMessage) -> SendResult:
+        """Hand one message to the provider (subclass hook); exceptions go to `_classify`."""
         raise NotImplementedError
 
-    def _classify(self, exc: Exception) -> DeliveryError:
-        """Turn a provider exception into a transient or permanent DeliveryError."""
-        return DeliveryError(str(exc) or type(exc).__name__, error_class=_error_class(exc))
+    def _classify(self, exc: Exception) -> DeliveryError | None:
+        """The DeliveryError for an exception this provider knows, or None for the common policy
+        of `unclassified_error` (subclass hook)."""
+        return None
 
 
-def _error_class(exc: Exception) -> str:
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+class BackendProvider(Provider):
+    """A provider that hands messages to a Django email backend kept open across emails.
+
+    Subclasses build the backend in `_make_backend` and hand a message over with `_deliver`; the
+    backend's `open()` makes the connection (an SMTP session, an HTTP session), so a failure to
+    connect is classified like a failure to send.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.backend: BaseEmailBackend | None = None
+
+    def _make_backend(self) -> BaseEmailBackend:
+        """A new, unopened backend with this provider's settings (subclass hook)."""
+        raise NotImplementedError
+
+    def _open(self) -> None:
+        self.backend = self._make_backend()
+        self.backend.open()
+
+    def _close(self) -> None:
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+
+    def _deliver(self, message: EmailMessage) -> int:
+        """Hand one message to the open backend; how many messages it sent (0 or 1)."""
+        message.connection = self.backend
+        return self.backend.send_messages([message])
+
+
+def message_id(message: EmailMessage) -> str:
+    """The Message-ID Mailqueue set on the message, without its angle brackets."""
+    return message.extra_headers["Message-ID"].strip("<>")
+
+
+def unclassified_error(exc: Exception) -> DeliveryError:
+    """The one policy for an exception no provider classified: transient, but not an outage."""
+    # Such an exception is something nobody foresaw (a library's new exception class, a bug, a
+    # hiccup of the host), and nothing in it says that the message is bad. Retrying costs at
+    # most MAILQUEUE_MAX_ATTEMPTS tries, and the worker tries the next provider at once, which
+    # may well deliver; failing the email for good would lose it on the first surprise. It is
+    # not an outage: one message's surprise must not take the provider away from every email.
+    return delivery_error(exc, transient=True)
 
 
 def delivery_error(
@@ -95,7 +145,7 @@ def delivery_error(
     """Build a DeliveryError that keeps the original exception's class name."""
     return DeliveryError(
         message or str(exc) or type(exc).__name__,
-        error_class=_error_class(exc),
+        error_class=f"{type(exc).__module__}.{type(exc).__qualname__}",
         transient=transient,
         outage=outage,
     )

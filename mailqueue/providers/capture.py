@@ -2,7 +2,7 @@
 
 from django.core.mail import EmailMessage
 
-from mailqueue.providers.base import Provider, SendResult, delivery_error
+from mailqueue.providers.base import Provider, SendResult, message_id
 
 
 class CaptureProvider(Provider):
@@ -15,17 +15,12 @@ class CaptureProvider(Provider):
     def _send(self, message: EmailMessage) -> SendResult:
         from mailqueue.models import CapturedMessage
 
-        mime = message.message()
-        message_id = mime["Message-ID"].strip("<>")
         captured = CapturedMessage(
             email_id=getattr(message, "mailqueue_email_id", None),
-            message_id=message_id,
+            message_id=message_id(message),
             from_email=message.from_email,
             to=list(message.recipients()),
             subject=" ".join(str(message.subject).split()),
-            mime=mime.as_string(),
+            mime=message.message().as_string(),
         )
-        return SendResult(message_id=message_id, captured=captured)
-
-    def _classify(self, exc: Exception):
-        return delivery_error(exc, transient=True)
+        return SendResult(message_id=captured.message_id, captured=captured)

@@ -5,15 +5,15 @@ import sys
 from django.core.mail import EmailMessage
 from django.core.mail.backends.console import EmailBackend
 
-from mailqueue.providers.base import Provider, SendResult
+from mailqueue.providers.base import BackendProvider, SendResult, message_id
 
 
-class ConsoleProvider(Provider):
+class ConsoleProvider(BackendProvider):
     """Writes the full MIME message to stdout; for local debugging."""
 
-    def _open(self) -> None:
-        self.backend = EmailBackend(stream=sys.stdout)
+    def _make_backend(self) -> EmailBackend:
+        return EmailBackend(stream=sys.stdout)
 
     def _send(self, message: EmailMessage) -> SendResult:
-        self.backend.send_messages([message])
-        return SendResult(message_id=message.extra_headers["Message-ID"].strip("<>"))
+        self._deliver(message)
+        return SendResult(message_id=message_id(message))

@@ -10,7 +10,7 @@ from django.core.mail.message import sanitize_address
 
 from mailqueue import conf
 from mailqueue.errors import DeliveryError
-from mailqueue.providers.base import Provider, SendResult, delivery_error
+from mailqueue.providers.base import BackendProvider, SendResult, delivery_error, message_id
 from mailqueue.providers.mime import fast_message_bytes
 
 
@@ -25,7 +25,7 @@ class RecordingSmtpBackend(EmailBackend):
     refused: dict
 
     def _send(self, email_message: EmailMessage) -> bool:
-        """Same steps as Django's `_send`, keeping sendmail's refused-recipients dict."""
+        """Django's `_send` (without fail_silently), keeping sendmail's refused recipients."""
         self.refused = {}
         if not email_message.recipients():
             return False
@@ -50,31 +50,24 @@ def _envelope_address(value: str, encoding: str) -> str:
     return sanitize_address(value, encoding)
 
 
-class SmtpProvider(Provider):
+class SmtpProvider(BackendProvider):
     """Delivers over SMTP using the settings of EMAIL_URL."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.backend: RecordingSmtpBackend | None = None
+    backend: RecordingSmtpBackend | None
 
-    def _open(self) -> None:
+    def _make_backend(self) -> RecordingSmtpBackend:
+        # A missing option is None, which Django's backend replaces with its own default.
         options = conf.smtp_settings()
-        self.backend = RecordingSmtpBackend(
-            host=options.get("EMAIL_HOST") or "localhost",
-            port=options.get("EMAIL_PORT") or 25,
-            username=options.get("EMAIL_HOST_USER") or "",
-            password=options.get("EMAIL_HOST_PASSWORD") or "",
+        return RecordingSmtpBackend(
+            host=options.get("EMAIL_HOST"),
+            port=options.get("EMAIL_PORT"),
+            username=options.get("EMAIL_HOST_USER"),
+            password=options.get("EMAIL_HOST_PASSWORD"),
             use_tls=bool(options.get("EMAIL_USE_TLS")),
             use_ssl=bool(options.get("EMAIL_USE_SSL")),
             timeout=conf.smtp_timeout(),
             fail_silently=False,
         )
-        self.backend.open()
-
-    def _close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
 
     def _send(self, message: EmailMessage) -> SendResult:
         try:
@@ -86,7 +79,7 @@ class SmtpProvider(Provider):
             self._send_once(message)
         assert self.backend is not None
         return SendResult(
-            message_id=message.extra_headers["Message-ID"].strip("<>"),
+            message_id=message_id(message),
             rejected={
                 address: f"{code} {_text(reply)}"
                 for address, (code, reply) in (self.backend.refused or {}).items()
@@ -94,12 +87,10 @@ class SmtpProvider(Provider):
         )
 
     def _send_once(self, message: EmailMessage) -> None:
-        assert self.backend is not None
-        message.connection = self.backend
-        if self.backend.send_messages([message]) != 1:
+        if self._deliver(message) != 1:
             raise DeliveryError("The SMTP server accepted no recipient.", transient=False)
 
-    def _classify(self, exc: Exception) -> DeliveryError:
+    def _classify(self, exc: Exception) -> DeliveryError | None:
         if isinstance(exc, smtplib.SMTPRecipientsRefused):
             codes = [code for code, _ in exc.recipients.values()]
             details = "; ".join(
@@ -117,7 +108,7 @@ class SmtpProvider(Provider):
         if isinstance(exc, (smtplib.SMTPException, OSError)):
             # Disconnects, refused connections, timeouts, TLS failures: the server is out of reach.
             return delivery_error(exc, transient=True, outage=True)
-        return delivery_error(exc, transient=False)
+        return None
 
 
 def _text(reply: bytes | str) -> str:

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django_rq.settings import get_queues_map
 
-from mailqueue.admin.utils import EstimatedCountPaginator, pk_chunks, table_row_estimate
+from mailqueue.admin.helpers import EstimatedCountPaginator, pk_chunks, table_row_estimate
 from mailqueue.models import (
     ApiKey,
     Batch,
@@ -682,3 +682,25 @@ def test_detail_links_the_rq_job_to_the_queues_dashboard(admin_client, client_ro
 
     job_url = reverse("django_rq:job_detail", args=[get_queues_map()["high"], "email-abc123"])
     assert f'href="{job_url}"' in page.content.decode()
+
+
+def test_batch_search_finds_a_batch_by_its_id_only(admin_client, client_row, greeting):
+    """A batch id finds that batch; any other text finds none (the id is the only index)."""
+    batch = Batch.objects.create(client=client_row, template=greeting, count=0)
+    other = Batch.objects.create(client=client_row, template=greeting, count=0)
+    url = reverse("admin:mailqueue_batch_changelist")
+
+    assert listed(admin_client.get(url)) == {batch.pk, other.pk}
+    assert listed(admin_client.get(url, {"q": f" {batch.pk} "})) == {batch.pk}
+    assert listed(admin_client.get(url, {"q": "billing"})) == set()
+
+
+def test_django_rq_queues_open_inside_the_mailqueue_admin(admin_client):
+    """django-rq's queue statistics are a page of the admin site, titled like the others."""
+    response = admin_client.get(reverse("admin:django_rq_dashboard_changelist"))
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert f'<a href="{reverse("admin:index")}">Mailqueue</a>' in page
+    for queue in ("high", "default", "low"):
+        assert queue in page

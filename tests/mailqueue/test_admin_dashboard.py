@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from mailqueue.models import Client, EmailJob, EmailStatus
 from mailqueue.scheduling import connection as redis_connection
-from mailqueue.selectors import dashboard_stats
+from mailqueue.selectors.dashboard import dashboard_stats
 from mailqueue.services import email_create
 from tracking.models import TrackingEvent
 

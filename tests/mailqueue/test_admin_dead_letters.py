@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from mailqueue.models import Client, EmailJob, EmailStatus
-from mailqueue.selectors import dead_letter_groups
+from mailqueue.selectors.dead_letters import dead_letter_groups
 from mailqueue.services import email_create, emails_deliver
 from mailqueue.services.dead_letters import error_group_key
 from tests.helpers import run_worker

@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from mailqueue.models import EmailJob, EmailStatus
-from mailqueue.selectors import email_timeline
+from mailqueue.selectors.timeline import email_timeline
 from mailqueue.services import api_key_create, email_cancel, email_create, emails_deliver
 from templates_app.services import template_create
 from tracking.services import event_record

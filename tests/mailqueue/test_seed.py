@@ -1,10 +1,11 @@
 """`manage.py seed_emails`: consistent email history, nothing enqueued, listed by the admin."""
 
+import sys
 from datetime import timedelta
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -85,6 +86,16 @@ def test_seeding_enqueues_nothing():
     assert 0 < waiting.count() < 2000 * 0.05
     assert all("seed" in tags for tags in waiting.values_list("tags", flat=True))
     assert not waiting.filter(status=EmailStatus.SCHEDULED, send_at__lte=timezone.now()).exists()
+
+
+def test_without_the_benchmarks_the_command_says_why_and_writes_nothing(monkeypatch):
+    """Where bench/ is not installed (the Docker image), seed_emails fails with a clear message."""
+    # None in sys.modules makes the import fail as if the module were absent.
+    monkeypatch.setitem(sys.modules, "bench.lib.seeding", None)
+
+    with pytest.raises(CommandError, match=r"bench/lib/seeding\.py.*checkout"):
+        seed("--count", "10")
+    assert not EmailJob.objects.exists()
 
 
 def test_without_waiting_flag_every_email_is_finished():

@@ -2,13 +2,13 @@
 
     python manage.py seed_emails --count 1000000 [--batch-size 20000] [--client seed]
 
-See mailqueue/seeding.py: rows go straight into the tables (COPY on PostgreSQL); nothing is
-enqueued or delivered. `--with-waiting` also seeds emails a running sweeper would send.
+See bench/lib/seeding.py: rows go straight into the tables (COPY on PostgreSQL); nothing is
+enqueued or delivered. `--with-waiting` also seeds emails a running sweeper would send. The
+seeding code is load-test tooling and lives with the benchmarks, so the command works from a
+checkout of the repository, not from the Docker image (which has no `bench/`).
 """
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-
-from mailqueue.seeding import emails_seed
 
 
 class Command(BaseCommand):
@@ -51,6 +51,15 @@ class Command(BaseCommand):
         """Seed, printing progress every five transactions."""
         if count < 1 or batch_size < 1:
             raise CommandError("--count and --batch-size must be positive.")
+        try:
+            from bench.lib.seeding import emails_seed
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("bench", "bench.lib", "bench.lib.seeding"):
+                raise
+            raise CommandError(
+                "seed_emails needs the benchmarks (bench/lib/seeding.py): run it from a checkout "
+                "of the repository, not from the Docker image."
+            ) from None
 
         def progress(done: int, elapsed: float) -> None:
             if options["verbosity"] >= 1 and (done == count or done % (batch_size * 5) == 0):

@@ -1,4 +1,8 @@
-"""Realistic email history for load tests of the admin (`manage.py seed_emails`).
+"""Realistic email history for load tests of the admin (`manage.py seed_emails`,
+`bench/admin_changelist.py`).
+
+Load-test tooling, so it lives with the benchmarks, outside the `mailqueue` app and the Docker
+image; the `seed_emails` command imports it when it runs.
 
 Writes EmailJob rows (with their batches and their `sent`/`failed` tracking events) straight into
 the tables: COPY on PostgreSQL (about 11,000 emails a second on two cores), batched INSERTs on
@@ -367,6 +371,9 @@ class EmailSeeder:
         batch_id: uuid.UUID | None,
         created_at: datetime,
     ) -> tuple:
+        # One long function on purpose: the status sets several columns together (times, error,
+        # provider, the event rows), and it returns the row in EMAIL_COLUMNS order, once per
+        # seeded email.
         rng = self.rng
         email_id = uuid.UUID(int=rng.getrandbits(128), version=4)
         # Low numbers are the heavy receivers (a shared inbox, a test account, ...).

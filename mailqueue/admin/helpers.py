@@ -1,20 +1,28 @@
-"""Helpers that keep the admin fast on tables with millions of rows, and its HTML safe."""
+"""What the admin pages share: fast lists on tables with millions of rows, safe HTML, links, the
+read-only bases, and the reports of bulk actions that call services."""
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import escape, format_html
+from django.utils.http import urlencode
 from django.utils.safestring import SafeString
+
+from mailqueue.selectors.emails import email_status_counts
+from mailqueue.services import BulkResult, emails_cancel_many, emails_retry_many
 
 # Below this many rows an exact COUNT(*) is cheap enough, and more useful than an estimate.
 ESTIMATE_THRESHOLD = 10_000
@@ -81,6 +89,58 @@ def pk_chunks(queryset: QuerySet, *, size: int = ACTION_CHUNK_SIZE) -> Iterator[
             return
         yield chunk
         last = chunk[-1]
+
+
+class ReadOnlyAdminMixin:
+    """No add; the detail page is view-only (changes happen through actions and services)."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        """Rows are created by the API and the workers, never by hand."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        """Model-level change permission (for actions), but every object is view-only."""
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
+
+
+class DetailToolsMixin:
+    """A detail page whose template shows tools (buttons) for the object: `detail_tools` says
+    which, as template context."""
+
+    def detail_tools(self, request: HttpRequest, obj: Model | None) -> dict[str, Any]:
+        """Context flags for the detail page's tools (none by default)."""
+        return {}
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The detail page, with `detail_tools` in its context."""
+        obj = self.get_object(request, unquote(object_id))
+        extra_context = {**self.detail_tools(request, obj), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+class AppendOnlyAdminMixin:
+    """History rows (delivery attempts, tracking events) that services append: nobody adds,
+    edits or deletes them here."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        """Only services write these rows."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        """History is never edited."""
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        """History is never deleted by hand."""
+        return False
 
 
 class LightChangeListMixin:
@@ -160,8 +220,8 @@ def copy_saved_instance(*, target: Model, saved: Model) -> None:
     The admin logs and redirects to the instance it passed to save_model; copying the saved
     row's fields into it lets a service (not the form) do the insert.
     """
-    for field in saved._meta.concrete_fields:
-        setattr(target, field.attname, getattr(saved, field.attname))
+    for model_field in saved._meta.concrete_fields:
+        setattr(target, model_field.attname, getattr(saved, model_field.attname))
     target._state.adding = False
     target._state.db = saved._state.db
 
@@ -196,9 +256,118 @@ def email_link(email_id: Any, *, css_class: str = "") -> SafeString | str:
     return format_html('<a href="{}">{}</a>', url, email_id)
 
 
-def filter_by_uuid(queryset: QuerySet, term: str) -> QuerySet | None:
-    """The row whose primary key is this UUID, or None if the term is not a UUID."""
-    try:
-        return queryset.filter(pk=uuid.UUID(term))
-    except ValueError:
-        return None
+class IdSearchMixin:
+    """Search that finds a row by its exact id (a UUID primary key) with one index probe.
+
+    Any other term goes to `search_beyond_id`, which finds nothing unless a subclass says how.
+    """
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """The row with this id, else what `search_beyond_id` finds; never duplicates."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(pk=uuid.UUID(term)), False
+        except ValueError:
+            return self.search_beyond_id(queryset, term), False
+
+    def search_beyond_id(self, queryset: QuerySet, term: str) -> QuerySet:
+        """Rows matching a term that is not a UUID: none."""
+        return queryset.none()
+
+
+def email_changelist_url(**params: str) -> str:
+    """The email list URL, filtered by query parameters."""
+    url = reverse("admin:mailqueue_emailjob_changelist")
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+@dataclass
+class BulkOutcome:
+    """Totals of a bulk service run over chunks, with the current status of skipped emails."""
+
+    changed: int = 0
+    skipped: int = 0
+    skipped_by_status: dict[str, int] = field(default_factory=dict)
+
+    def skipped_breakdown(self) -> str:
+        """Skipped emails per status, e.g. "3 sent, 1 queued" ("" when none were skipped)."""
+        parts = [f"{count} {status}" for status, count in sorted(self.skipped_by_status.items())]
+        gone = self.skipped - sum(self.skipped_by_status.values())
+        if gone > 0:
+            parts.append(f"{gone} deleted")
+        return ", ".join(parts)
+
+
+def emails_bulk_apply(
+    chunks: Iterable[list[Any]], service: Callable[..., BulkResult]
+) -> BulkOutcome:
+    """Run a bulk service (emails_retry_many, emails_cancel_many) chunk by chunk, and count."""
+    outcome = BulkOutcome()
+    for chunk in chunks:
+        result = service(email_ids=chunk)
+        outcome.changed += result.changed
+        outcome.skipped += result.skipped
+        if result.skipped:
+            changed = set(result.changed_ids)
+            skipped_ids = [pk for pk in chunk if pk not in changed]
+            for status, count in email_status_counts(email_ids=skipped_ids).items():
+                outcome.skipped_by_status[status] = outcome.skipped_by_status.get(status, 0) + count
+    return outcome
+
+
+def _bulk_report(*, verb: str, outcome: BulkOutcome, allowed: str) -> str:
+    """What a bulk action did: how many emails changed, how many were skipped and why."""
+    why = f" ({outcome.skipped_breakdown()})" if outcome.skipped else ""
+    return (
+        f"{verb} {outcome.changed} email(s); skipped {outcome.skipped} that were not "
+        f"{allowed}{why}."
+    )
+
+
+def _emails_bulk_action(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet,
+    *,
+    service: Callable[..., BulkResult],
+    verb: str,
+    allowed: str,
+) -> None:
+    outcome = emails_bulk_apply(pk_chunks(queryset), service)
+    level = messages.SUCCESS if outcome.changed else messages.WARNING
+    model_admin.message_user(
+        request, _bulk_report(verb=verb, outcome=outcome, allowed=allowed), level
+    )
+
+
+def emails_retry_bulk(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet
+) -> None:
+    """Retry the failed and cancelled emails of a queryset, 1000 at a time, and say what changed."""
+    _emails_bulk_action(
+        model_admin,
+        request,
+        queryset,
+        service=emails_retry_many,
+        verb="Retried",
+        allowed="failed or cancelled",
+    )
+
+
+def emails_cancel_bulk(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet
+) -> None:
+    """Cancel the scheduled, queued and retrying emails of a queryset, 1000 at a time, and say
+    what changed."""
+    _emails_bulk_action(
+        model_admin,
+        request,
+        queryset,
+        service=emails_cancel_many,
+        verb="Cancelled",
+        allowed="scheduled, queued or retrying",
+    )

@@ -1,0 +1,13 @@
+"""The priority names, which are also the RQ queue names, highest first.
+
+This module imports nothing from Django: `config/settings.py` builds RQ_QUEUES from it before
+any app is loaded. Everywhere else, use the enum `mailqueue.models.Priority`, whose values are
+these names.
+"""
+
+HIGH = "high"
+DEFAULT = "default"
+LOW = "low"
+
+# Workers drain the queues in this order (the documented command is `rqworker high default low`).
+QUEUE_NAMES = (HIGH, DEFAULT, LOW)
