@@ -59,12 +59,19 @@ class HasScope(BasePermission):
     """Requires the API key to carry one of the scopes the view asks for this method."""
 
     def has_permission(self, request, view) -> bool:
-        """True if the key holds a needed scope; otherwise 403 with a message naming it."""
+        """True if the key holds a needed scope; 403 naming it if not; 405 for a method not offered.
+
+        A method the view names no scope for is refused for every key with 405, not 403: no
+        key could be allowed it, so "Method Not Allowed" (with an Allow header listing the
+        offered methods) is the truth, and it is what an unimplemented method answers anyway.
+        """
         api_key = request.auth
         if not isinstance(api_key, ApiKey):
             raise exceptions.NotAuthenticated("Authentication credentials were not provided.")
         scopes = view.scopes_for(request.method)
-        if scopes and not set(scopes) & set(api_key.scopes):
+        if not scopes:
+            raise exceptions.MethodNotAllowed(request.method)
+        if not set(scopes) & set(api_key.scopes):
             needed = "' or '".join(scopes)
             raise exceptions.PermissionDenied(f"This API key lacks the '{needed}' scope.")
         return True

@@ -6,6 +6,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from mailqueue.api.fields import JSONObjectField
 from mailqueue.api.serializers import StrictSerializer
 from mailqueue.api.views import ScopedApiView
 from templates_app.models import EmailTemplate, EmailTemplateVersion
@@ -41,14 +42,8 @@ class TemplateInputSerializer(StrictSerializer):
         allow_blank=True, required=False, default="", trim_whitespace=False
     )
     variables = TemplateVariablesField(required=False, default=list)
-    sample_context = serializers.JSONField(required=False, default=dict)
+    sample_context = JSONObjectField(required=False, default=dict)
     is_active = serializers.BooleanField(required=False, default=True)
-
-    def validate_sample_context(self, value: object) -> dict:
-        """A JSON object."""
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("Must be a JSON object.")
-        return value
 
     def validate(self, attrs: dict) -> dict:
         """A template needs at least one body (only checked when both are known)."""
@@ -91,13 +86,7 @@ class TemplateOutputSerializer(serializers.ModelSerializer):
 class TemplateRenderInputSerializer(StrictSerializer):
     """Body of POST /templates/{slug}/render/."""
 
-    context = serializers.JSONField(required=False, default=dict)
-
-    def validate_context(self, value: object) -> dict:
-        """A JSON object."""
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("Must be a JSON object.")
-        return value
+    context = JSONObjectField(required=False, default=dict)
 
 
 class TemplateRenderOutputSerializer(serializers.Serializer):

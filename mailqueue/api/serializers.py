@@ -2,6 +2,7 @@
 
 import mimetypes
 
+from django.core.validators import MaxLengthValidator, MinLengthValidator
 from django.utils.functional import cached_property
 from rest_framework import serializers
 
@@ -10,6 +11,7 @@ from mailqueue.api.fields import (
     AddressField,
     AddressListField,
     AwareDateTimeField,
+    JSONObjectField,
     SingleLineCharField,
 )
 from mailqueue.errors import ValidationFailed
@@ -44,15 +46,28 @@ class SharedFieldsMixin:
 
 
 class StrictSerializer(serializers.Serializer):
-    """Refuses unknown fields, so a typo such as `tempalte` is a 400, not silently ignored."""
+    """Refuses unknown fields and non-string text, so the body means what the schema says.
+
+    A typo such as `tempalte` is a 400, not silently ignored; `"text": 0` is a 400, not the
+    text "0" (DRF's CharField would turn a number into a string).
+    """
 
     def to_internal_value(self, data):
-        """Check for unknown keys before validating the known ones."""
+        """Check for unknown keys and non-string text before validating the known fields."""
         if not isinstance(data, dict):
             raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
         unknown = sorted(set(data) - set(self.fields))
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        not_text = sorted(
+            name
+            for name, field in self.fields.items()
+            if isinstance(field, serializers.CharField)
+            and data.get(name) is not None
+            and not isinstance(data[name], str)
+        )
+        if not_text:
+            raise serializers.ValidationError({name: ["Must be a string."] for name in not_text})
         return super().to_internal_value(data)
 
 
@@ -85,12 +100,6 @@ class AttachmentInputSerializer(StrictSerializer):
             raise serializers.ValidationError({"content": [exc.message]}) from None
 
 
-def _validate_json_object(value: object, field: str) -> dict:
-    if not isinstance(value, dict):
-        raise serializers.ValidationError(f"'{field}' must be a JSON object.")
-    return value
-
-
 class EmailCreateInputSerializer(SharedFieldsMixin, StrictSerializer):
     """Body of POST /api/v1/emails/."""
 
@@ -100,7 +109,7 @@ class EmailCreateInputSerializer(SharedFieldsMixin, StrictSerializer):
     reply_to = AddressListField(required=False)
     from_email = AddressField(required=False)
     template = serializers.SlugField(required=False, max_length=100)
-    context = serializers.JSONField(required=False)
+    context = JSONObjectField(required=False)
     subject = SingleLineCharField(required=False, max_length=998, allow_blank=True)
     html = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
@@ -109,8 +118,8 @@ class EmailCreateInputSerializer(SharedFieldsMixin, StrictSerializer):
     tags = serializers.ListField(
         child=SingleLineCharField(max_length=100), required=False, max_length=50
     )
-    metadata = serializers.JSONField(required=False)
-    headers = serializers.JSONField(required=False)
+    metadata = JSONObjectField(required=False)
+    headers = JSONObjectField(required=False)
     attachments = AttachmentInputSerializer(many=True, required=False)
 
     def validate_to(self, value: list[str]) -> list[str]:
@@ -118,14 +127,6 @@ class EmailCreateInputSerializer(SharedFieldsMixin, StrictSerializer):
         if not value:
             raise serializers.ValidationError("At least one recipient is required.")
         return value
-
-    def validate_context(self, value: object) -> dict:
-        """The template context is a JSON object."""
-        return _validate_json_object(value, "context")
-
-    def validate_metadata(self, value: object) -> dict:
-        """Metadata is a flat-ish JSON object."""
-        return _validate_json_object(value, "metadata")
 
     def validate_headers(self, value: object) -> dict:
         """Only allow-listed custom headers, no header injection."""
@@ -253,12 +254,35 @@ class EmailListFilterSerializer(StrictSerializer):
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
 
 
+class BatchRecipientListSerializer(serializers.ListSerializer):
+    """A batch's recipients: from one to MAILQUEUE_BATCH_MAX, counted before any is validated."""
+
+    def get_validators(self) -> list:
+        """The count limits; the schema shows them as minItems and maxItems."""
+        return [
+            MinLengthValidator(1, "At least one recipient is required."),
+            MaxLengthValidator(
+                conf.batch_max,
+                "Too many recipients: %(show_value)d (the limit is %(limit_value)d).",
+            ),
+        ]
+
+    def to_internal_value(self, data: object) -> list:
+        """Refuse a list of the wrong size before validating each of its items (cheap refusal)."""
+        if isinstance(data, list):
+            self.run_validators(data)
+        return super().to_internal_value(data)
+
+
 class BatchRecipientInputSerializer(StrictSerializer):
     """One recipient of a batch."""
 
+    class Meta:
+        list_serializer_class = BatchRecipientListSerializer
+
     to = AddressListField()
-    context = serializers.JSONField(required=False, default=dict)
-    metadata = serializers.JSONField(required=False, default=dict)
+    context = JSONObjectField(required=False, default=dict)
+    metadata = JSONObjectField(required=False, default=dict)
 
     def validate_to(self, value: list[str]) -> list[str]:
         """At least one address."""
@@ -266,20 +290,12 @@ class BatchRecipientInputSerializer(StrictSerializer):
             raise serializers.ValidationError("At least one recipient is required.")
         return value
 
-    def validate_context(self, value: object) -> dict:
-        """A JSON object."""
-        return _validate_json_object(value, "context")
-
-    def validate_metadata(self, value: object) -> dict:
-        """A JSON object."""
-        return _validate_json_object(value, "metadata")
-
 
 class BatchCreateInputSerializer(StrictSerializer):
     """Body of POST /api/v1/batches/."""
 
     template = serializers.SlugField(max_length=100)
-    context = serializers.JSONField(required=False, default=dict)
+    context = JSONObjectField(required=False, default=dict)
     recipients = BatchRecipientInputSerializer(many=True)
     from_email = AddressField(required=False)
     priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.DEFAULT)
@@ -287,33 +303,6 @@ class BatchCreateInputSerializer(StrictSerializer):
     tags = serializers.ListField(
         child=SingleLineCharField(max_length=100), required=False, max_length=50
     )
-
-    def validate_context(self, value: object) -> dict:
-        """A JSON object."""
-        return _validate_json_object(value, "context")
-
-    def validate_recipients(self, value: list) -> list:
-        """Between one and MAILQUEUE_BATCH_MAX recipients."""
-        if not value:
-            raise serializers.ValidationError("At least one recipient is required.")
-        if len(value) > conf.batch_max():
-            raise serializers.ValidationError(
-                f"Too many recipients: {len(value)} (the limit is {conf.batch_max()})."
-            )
-        return value
-
-    def to_internal_value(self, data):
-        """Check the recipient count before validating each recipient (cheap refusal)."""
-        recipients = data.get("recipients") if isinstance(data, dict) else None
-        if isinstance(recipients, list) and len(recipients) > conf.batch_max():
-            raise serializers.ValidationError(
-                {
-                    "recipients": [
-                        f"Too many recipients: {len(recipients)} (the limit is {conf.batch_max()})."
-                    ]
-                }
-            )
-        return super().to_internal_value(data)
 
 
 class BatchOutputSerializer(serializers.ModelSerializer):
@@ -337,6 +326,6 @@ class BatchOutputSerializer(serializers.ModelSerializer):
 
     def get_status_counts(self, batch: Batch) -> dict[str, int]:
         """Counts per status, every status present (zero when none)."""
-        from mailqueue.selectors import batch_status_counts
+        from mailqueue.selectors.batches import batch_status_counts
 
         return batch_status_counts(batch=batch)

@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from mailqueue.api.idempotency import IDEMPOTENCY_HEADER, idempotent_create
 from mailqueue.api.pagination import CreatedCursorPagination
+from mailqueue.api.schema import ApiAutoSchema, error_response, field_errors_response
 from mailqueue.api.serializers import (
     BatchCreateInputSerializer,
     BatchOutputSerializer,
@@ -19,7 +20,8 @@ from mailqueue.api.serializers import (
     EmailListOutputSerializer,
 )
 from mailqueue.authentication import HasScope
-from mailqueue.selectors import batch_get, email_get, email_list
+from mailqueue.selectors.batches import batch_get
+from mailqueue.selectors.emails import email_get, email_list
 from mailqueue.services import (
     BatchRecipient,
     batch_create,
@@ -34,30 +36,47 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="Repeats within 24 h with the same body return the first response.",
 )
+# What a create with an Idempotency-Key can answer besides its success.
+IDEMPOTENCY_ERRORS = {
+    409: field_errors_response("A request with this Idempotency-Key is still being processed."),
+    422: field_errors_response("This Idempotency-Key was already used with a different body."),
+}
 
 
 class ScopedApiView(APIView):
-    """Base view: every method needs an API key with the scope named in `required_scopes`."""
+    """Base view: every method needs an API key with the scope named in `required_scopes`.
+
+    A method missing from `required_scopes` is not offered at all (405, see HasScope), so a
+    handler added without naming its scope fails closed instead of opening to every key.
+    """
 
     permission_classes = [HasScope]
+    schema = ApiAutoSchema()
     # Method -> scope, or a tuple of scopes any one of which is enough.
     required_scopes: dict[str, str | tuple[str, ...]] = {}
 
-    def scopes_for(self, method: str) -> tuple[str, ...]:
-        """Scopes that allow this method (empty: any authenticated key)."""
+    def scopes_for(self, method: str) -> tuple[str, ...] | None:
+        """Scopes that allow this method, or None when the view does not offer it."""
         # HEAD is a GET without the body: it needs the same scope (its Content-Length tells).
-        scopes = self.required_scopes.get("GET" if method == "HEAD" else method, ())
+        scopes = self.required_scopes.get("GET" if method == "HEAD" else method)
         return (scopes,) if isinstance(scopes, str) else scopes
+
+    @property
+    def allowed_methods(self) -> list[str]:
+        """The methods offered (those with a scope), for the Allow header of a 405."""
+        methods = [method for method in self.required_scopes if hasattr(self, method.lower())]
+        return [*methods, "HEAD"] if "GET" in methods else methods
 
 
 class EmailsApi(ScopedApiView):
     """POST: accept an email (scope `send`). GET: list the client's emails (scope `read`)."""
 
     required_scopes = {"POST": "send", "GET": "read"}
+    pagination_class = CreatedCursorPagination
 
     @extend_schema(
         request=EmailCreateInputSerializer,
-        responses={202: EmailAcceptedOutputSerializer},
+        responses={202: EmailAcceptedOutputSerializer, **IDEMPOTENCY_ERRORS},
         parameters=[IDEMPOTENCY_PARAMETER],
         operation_id="emails_create",
     )
@@ -82,7 +101,10 @@ class EmailsApi(ScopedApiView):
 
     @extend_schema(
         parameters=[EmailListFilterSerializer],
-        responses={200: EmailListOutputSerializer(many=True)},
+        responses={
+            200: EmailListOutputSerializer(many=True),
+            400: field_errors_response("A query parameter is malformed; its name is the key."),
+        },
         operation_id="emails_list",
     )
     def get(self, request: Request) -> Response:
@@ -95,7 +117,7 @@ class EmailsApi(ScopedApiView):
             if key not in ("cursor", "page_size")
         }
         queryset = email_list(client=request.auth.client, **params)
-        paginator = CreatedCursorPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(EmailListOutputSerializer(page, many=True).data)
 
@@ -117,9 +139,15 @@ class EmailRetryApi(ScopedApiView):
 
     required_scopes = {"POST": "send"}
 
-    @extend_schema(request=None, responses={202: EmailDetailOutputSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            202: EmailDetailOutputSerializer,
+            409: error_response("Only a failed or cancelled email can be retried."),
+        },
+    )
     def post(self, request: Request, email_id: str) -> Response:
-        """Retry now."""
+        """Queue the email again, to be sent as soon as possible."""
         email = email_retry(email=email_get(client=request.auth.client, email_id=email_id))
         email = email_get(client=request.auth.client, email_id=email.pk, with_history=True)
         return Response(EmailDetailOutputSerializer(email).data, status=status.HTTP_202_ACCEPTED)
@@ -130,9 +158,15 @@ class EmailCancelApi(ScopedApiView):
 
     required_scopes = {"POST": "send"}
 
-    @extend_schema(request=None, responses={200: EmailDetailOutputSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            200: EmailDetailOutputSerializer,
+            409: error_response("Only a scheduled, queued or retrying email can be cancelled."),
+        },
+    )
     def post(self, request: Request, email_id: str) -> Response:
-        """Cancel."""
+        """Cancel the email; it will not be sent."""
         email = email_cancel(email=email_get(client=request.auth.client, email_id=email_id))
         email = email_get(client=request.auth.client, email_id=email.pk, with_history=True)
         return Response(EmailDetailOutputSerializer(email).data)
@@ -145,7 +179,7 @@ class BatchesApi(ScopedApiView):
 
     @extend_schema(
         request=BatchCreateInputSerializer,
-        responses={202: BatchOutputSerializer},
+        responses={202: BatchOutputSerializer, **IDEMPOTENCY_ERRORS},
         parameters=[IDEMPOTENCY_PARAMETER],
     )
     def post(self, request: Request) -> Response:
