@@ -7,8 +7,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from mailqueue.liveness import live_worker_count
 from mailqueue.scheduling import connection as redis_connection
-from mailqueue.scheduling import live_worker_count
 
 
 def _version() -> str:
@@ -31,7 +31,7 @@ def _check_redis() -> tuple[str, int | None]:
     try:
         redis = redis_connection()
         redis.ping()
-        return "ok", live_worker_count(redis=redis)
+        return "ok", live_worker_count(redis)
     except Exception as exc:
         return f"error: {type(exc).__name__}: {exc}".strip(), None
 

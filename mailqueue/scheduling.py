@@ -9,15 +9,14 @@ Two kinds of job deliver email:
 - an *id* job (`deliver_emails(ids)`) delivers named emails at a time: scheduled sends and
   retries, released by the scheduler process.
 
-This is the only module that knows about RQ and rq-scheduler; swapping the scheduling backend
-means rewriting this file. PostgreSQL stays the source of truth: losing what is in Redis only
-delays emails until the sweeper (run by the scheduler process) puts them back.
+Services put jobs into Redis and ask about them only through this module; RQ's other touch
+points are the worker class (worker.py), the scheduler process (scheduler.py) and the tasks the
+jobs name (tasks.py). PostgreSQL stays the source of truth: losing what is in Redis only delays
+emails until the sweeper (run by the scheduler process) puts them back.
 """
 
 import logging
-import socket
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
@@ -31,8 +30,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
-from rq.worker_registration import REDIS_WORKER_KEYS
 
+from mailqueue.liveness import live_worker_count
 from mailqueue.models import Priority
 
 logger = logging.getLogger(__name__)
@@ -330,7 +329,7 @@ class QueueStats:
     workers: int
 
 
-def queue_stats(*, queue_names: Iterable[str] = ("high", "default", "low")) -> QueueStats:
+def queue_stats(*, queue_names: Iterable[str] = tuple(Priority.values)) -> QueueStats:
     """Jobs waiting per queue, jobs held by the scheduler, live workers (raises RedisError)."""
     redis = connection()
     names = list(queue_names)
@@ -342,166 +341,10 @@ def queue_stats(*, queue_names: Iterable[str] = ("high", "default", "low")) -> Q
     return QueueStats(
         depths=dict(zip(names, depths, strict=True)),
         scheduled=scheduled,
-        workers=live_worker_count(redis=redis),
+        workers=live_worker_count(redis),
     )
 
 
-def live_workers_on_host(hostname: str) -> int:
-    """Live RQ workers running on one host (container health checks)."""
-    redis = connection()
-    keys = list(redis.smembers(REDIS_WORKER_KEYS))
-    if not keys:
-        return 0
-    pipe = redis.pipeline()
-    for key in keys:
-        pipe.hget(key, "hostname")
-    hosts = pipe.execute()
-    return sum(1 for host in hosts if host is not None and host.decode() == hostname)
-
-
-def live_scheduler_count(*, hostname: str | None = None) -> int:
-    """Running `rqscheduler` processes (on one host, if given): their heartbeat key exists."""
-    redis = connection()
-    keys = list(redis.smembers(SCHEDULERS_KEY))
-    if not keys:
-        return 0
-    pipe = redis.pipeline()
-    for key in keys:
-        pipe.hget(key, "hostname")
-    hosts = pipe.execute()
-    gone = [key for key, host in zip(keys, hosts, strict=True) if host is None]
-    if gone:
-        redis.srem(SCHEDULERS_KEY, *gone)  # killed schedulers whose key expired
-    return sum(
-        1 for host in hosts if host is not None and (hostname is None or host.decode() == hostname)
-    )
-
-
-def live_worker_count(*, redis: Redis | None = None) -> int:
-    """RQ workers whose own key still exists: a killed worker's key expires, its registration
-    in `rq:workers` does not."""
-    redis = redis or connection()
-    keys = list(redis.smembers(REDIS_WORKER_KEYS))
-    if not keys:
-        return 0
-    pipe = redis.pipeline()
-    for key in keys:
-        pipe.exists(key)
-    return sum(pipe.execute())
-
-
-def get_scheduler(interval: float = 1.0, connection: Redis | None = None) -> "MailqueueScheduler":
+def get_scheduler(interval: float = 1.0, connection: Redis | None = None) -> DjangoScheduler:
     """The rq-scheduler instance used for delayed sends and retries."""
     return django_rq.get_scheduler("default", interval=interval, connection=connection)
-
-
-# A scheduler's key lives this long without a heartbeat: a killed scheduler stops counting as
-# alive after this; a running one renews it every interval.
-SCHEDULER_KEY_TTL_SECONDS = 30
-# The release-and-sweep lock outlives a slow pass (a sweep of 10,000 rows), whatever the interval.
-SCHEDULER_LOCK_TTL_SECONDS = 120
-SCHEDULERS_KEY = "mailqueue:schedulers"
-_RELEASE_LOCK_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-
-
-class MailqueueScheduler(DjangoScheduler):
-    """rq-scheduler's loop, plus the sweeper, and surviving Redis outages and flushes.
-
-    Only the instance holding the scheduler lock releases jobs and sweeps, so several
-    scheduler processes can run for availability.
-    """
-
-    def run(self, burst: bool = False) -> None:
-        """Release due jobs every interval and sweep stuck emails every sweep interval."""
-        from mailqueue import conf
-        from mailqueue.services import emails_sweep
-
-        self._install_signal_handlers()
-        last_sweep = 0.0
-        registered = False
-        while True:
-            started = time.monotonic()
-            try:
-                if not registered:
-                    self.register_birth()
-                    registered = True
-                self.heartbeat()
-                if self.acquire_lock():
-                    try:
-                        self.enqueue_jobs()
-                        if started - last_sweep >= conf.sweep_interval_seconds():
-                            self._sweep(emails_sweep)
-                            last_sweep = started
-                    finally:
-                        self.remove_lock()
-            except RedisError as exc:
-                logger.warning("scheduler: Redis unavailable, retrying: %s", exc)
-                registered = False
-                # Sweeping needs only the database to find work, but enqueueing needs Redis.
-            if burst:
-                break
-            elapsed = time.monotonic() - started
-            time.sleep(max(0.0, self._interval - elapsed))
-        self.remove_lock()
-        self.register_death()
-
-    def get_jobs_to_queue(self, with_times: bool = False) -> Iterator:
-        """Jobs due now, to the microsecond (rq-scheduler's own check is to the whole second)."""
-        return self.get_jobs(time.time(), with_times=with_times)
-
-    def register_birth(self) -> None:
-        """Register this scheduler (with its host, for health checks) in a set of schedulers."""
-        with self.connection.pipeline() as pipe:
-            pipe.delete(self.key)
-            pipe.hset(self.key, mapping={"birth": time.time(), "hostname": socket.gethostname()})
-            pipe.expire(self.key, SCHEDULER_KEY_TTL_SECONDS)
-            pipe.sadd(SCHEDULERS_KEY, self.key)
-            pipe.execute()
-
-    def register_death(self) -> None:
-        """Unregister at once: a scheduler that stopped is not alive for health checks."""
-        with self.connection.pipeline() as pipe:
-            pipe.delete(self.key)
-            pipe.srem(SCHEDULERS_KEY, self.key)
-            pipe.execute()
-
-    def heartbeat(self) -> None:
-        """Keep this scheduler's key alive; register again if it vanished (Redis flushed)."""
-        if not self.connection.expire(self.key, SCHEDULER_KEY_TTL_SECONDS):
-            self.register_birth()
-
-    def acquire_lock(self) -> bool:
-        """Take the lock (named after this scheduler) unless another scheduler holds it."""
-        self._lock_acquired = bool(
-            self.connection.set(
-                self.scheduler_lock_key, self.name, ex=SCHEDULER_LOCK_TTL_SECONDS, nx=True
-            )
-        )
-        return self._lock_acquired
-
-    def remove_lock(self) -> None:
-        """Release the lock only if it is still ours (it may have expired and been taken)."""
-        if self._lock_acquired:
-            self._release_lock(keys=[self.scheduler_lock_key], args=[self.name])
-            self._lock_acquired = False
-
-    @property
-    def _release_lock(self):
-        return self.connection.register_script(_RELEASE_LOCK_SCRIPT)
-
-    def _sweep(self, emails_sweep) -> None:
-        from django.db import close_old_connections
-
-        close_old_connections()
-        try:
-            result = emails_sweep()
-        except RedisError:
-            raise
-        except Exception:
-            logger.exception("sweeper failed; will try again")
-            return
-        if result.total:
-            logger.info("sweeper re-enqueued %s", result)

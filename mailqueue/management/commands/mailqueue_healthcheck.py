@@ -10,7 +10,8 @@ import sys
 from django.core.management.base import BaseCommand
 from redis.exceptions import RedisError
 
-from mailqueue.scheduling import live_scheduler_count, live_workers_on_host
+from mailqueue.liveness import live_scheduler_count, live_workers_on_host
+from mailqueue.scheduling import connection
 
 
 class Command(BaseCommand):
@@ -26,9 +27,9 @@ class Command(BaseCommand):
         """Print what was found; exit 1 when nothing is alive or Redis cannot be reached."""
         try:
             if role == "worker":
-                alive = live_workers_on_host(socket.gethostname())
+                alive = live_workers_on_host(connection(), socket.gethostname())
             else:
-                alive = live_scheduler_count(hostname=socket.gethostname())
+                alive = live_scheduler_count(connection(), hostname=socket.gethostname())
         except RedisError as exc:
             self.stderr.write(f"unhealthy: Redis unavailable: {exc}")
             sys.exit(1)

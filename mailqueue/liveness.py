@@ -1,0 +1,56 @@
+"""Which worker and scheduler processes are alive, from their heartbeat keys in Redis.
+
+Read by `GET /health/`, the admin dashboard and `manage.py mailqueue_healthcheck`; written by
+RQ itself (workers) and by `scheduler.MailqueueScheduler`. Every probe takes the Redis
+connection it asks, so this module depends on nothing else of Mailqueue's.
+"""
+
+from redis import Redis
+from rq.worker_registration import REDIS_WORKER_KEYS
+
+# A scheduler's key lives this long without a heartbeat: a killed scheduler stops counting as
+# alive after this; a running one renews it every interval.
+SCHEDULER_KEY_TTL_SECONDS = 30
+# The set of every registered scheduler's key (the schedulers' `rq:workers`).
+SCHEDULERS_KEY = "mailqueue:schedulers"
+
+
+def live_workers_on_host(redis: Redis, hostname: str) -> int:
+    """Live RQ workers running on one host (container health checks)."""
+    keys = list(redis.smembers(REDIS_WORKER_KEYS))
+    if not keys:
+        return 0
+    pipe = redis.pipeline()
+    for key in keys:
+        pipe.hget(key, "hostname")
+    hosts = pipe.execute()
+    return sum(1 for host in hosts if host is not None and host.decode() == hostname)
+
+
+def live_scheduler_count(redis: Redis, *, hostname: str | None = None) -> int:
+    """Running `rqscheduler` processes (on one host, if given): their heartbeat key exists."""
+    keys = list(redis.smembers(SCHEDULERS_KEY))
+    if not keys:
+        return 0
+    pipe = redis.pipeline()
+    for key in keys:
+        pipe.hget(key, "hostname")
+    hosts = pipe.execute()
+    gone = [key for key, host in zip(keys, hosts, strict=True) if host is None]
+    if gone:
+        redis.srem(SCHEDULERS_KEY, *gone)  # killed schedulers whose key expired
+    return sum(
+        1 for host in hosts if host is not None and (hostname is None or host.decode() == hostname)
+    )
+
+
+def live_worker_count(redis: Redis) -> int:
+    """RQ workers whose own key still exists: a killed worker's key expires, its registration
+    in `rq:workers` does not."""
+    keys = list(redis.smembers(REDIS_WORKER_KEYS))
+    if not keys:
+        return 0
+    pipe = redis.pipeline()
+    for key in keys:
+        pipe.exists(key)
+    return sum(pipe.execute())

@@ -1,0 +1,122 @@
+"""The `rqscheduler` process: rq-scheduler's loop, which releases scheduled sends and retries
+on time, plus the sweeper that puts stuck emails back (see services/sweeper.py).
+
+`manage.py rqscheduler` runs it; django-rq builds it from `RQ["SCHEDULER_CLASS"]`.
+"""
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+
+from django.db import close_old_connections
+from django_rq.queues import DjangoScheduler
+from redis.exceptions import RedisError
+
+from mailqueue import conf
+from mailqueue.liveness import SCHEDULER_KEY_TTL_SECONDS, SCHEDULERS_KEY
+from mailqueue.services import emails_sweep
+
+logger = logging.getLogger(__name__)
+
+# The release-and-sweep lock outlives a slow pass (a sweep of 10,000 rows), whatever the interval.
+SCHEDULER_LOCK_TTL_SECONDS = 120
+_RELEASE_LOCK_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class MailqueueScheduler(DjangoScheduler):
+    """rq-scheduler's loop, plus the sweeper, and surviving Redis outages and flushes.
+
+    Only the instance holding the scheduler lock releases jobs and sweeps, so several
+    scheduler processes can run for availability.
+    """
+
+    def run(self, burst: bool = False) -> None:
+        """Release due jobs every interval and sweep stuck emails every sweep interval."""
+        self._install_signal_handlers()
+        last_sweep = 0.0
+        registered = False
+        while True:
+            started = time.monotonic()
+            try:
+                if not registered:
+                    self.register_birth()
+                    registered = True
+                self.heartbeat()
+                if self.acquire_lock():
+                    try:
+                        self.enqueue_jobs()
+                        if started - last_sweep >= conf.sweep_interval_seconds():
+                            self._sweep()
+                            last_sweep = started
+                    finally:
+                        self.remove_lock()
+            except RedisError as exc:
+                logger.warning("scheduler: Redis unavailable, retrying: %s", exc)
+                registered = False
+                # Sweeping needs only the database to find work, but enqueueing needs Redis.
+            if burst:
+                break
+            elapsed = time.monotonic() - started
+            time.sleep(max(0.0, self._interval - elapsed))
+        self.remove_lock()
+        self.register_death()
+
+    def get_jobs_to_queue(self, with_times: bool = False) -> Iterator:
+        """Jobs due now, to the microsecond (rq-scheduler's own check is to the whole second)."""
+        return self.get_jobs(time.time(), with_times=with_times)
+
+    def register_birth(self) -> None:
+        """Register this scheduler (with its host, for health checks) in a set of schedulers."""
+        with self.connection.pipeline() as pipe:
+            pipe.delete(self.key)
+            pipe.hset(self.key, mapping={"birth": time.time(), "hostname": socket.gethostname()})
+            pipe.expire(self.key, SCHEDULER_KEY_TTL_SECONDS)
+            pipe.sadd(SCHEDULERS_KEY, self.key)
+            pipe.execute()
+
+    def register_death(self) -> None:
+        """Unregister at once: a scheduler that stopped is not alive for health checks."""
+        with self.connection.pipeline() as pipe:
+            pipe.delete(self.key)
+            pipe.srem(SCHEDULERS_KEY, self.key)
+            pipe.execute()
+
+    def heartbeat(self) -> None:
+        """Keep this scheduler's key alive; register again if it vanished (Redis flushed)."""
+        if not self.connection.expire(self.key, SCHEDULER_KEY_TTL_SECONDS):
+            self.register_birth()
+
+    def acquire_lock(self) -> bool:
+        """Take the lock (named after this scheduler) unless another scheduler holds it."""
+        self._lock_acquired = bool(
+            self.connection.set(
+                self.scheduler_lock_key, self.name, ex=SCHEDULER_LOCK_TTL_SECONDS, nx=True
+            )
+        )
+        return self._lock_acquired
+
+    def remove_lock(self) -> None:
+        """Release the lock only if it is still ours (it may have expired and been taken)."""
+        if self._lock_acquired:
+            self._release_lock(keys=[self.scheduler_lock_key], args=[self.name])
+            self._lock_acquired = False
+
+    @property
+    def _release_lock(self):
+        return self.connection.register_script(_RELEASE_LOCK_SCRIPT)
+
+    def _sweep(self) -> None:
+        close_old_connections()
+        try:
+            result = emails_sweep()
+        except RedisError:
+            raise
+        except Exception:
+            logger.exception("sweeper failed; will try again")
+            return
+        if result.total:
+            logger.info("sweeper re-enqueued %s", result)
