@@ -6,7 +6,7 @@ from datetime import datetime
 from django.db.models import Count, Max, Min, Q, QuerySet
 
 from mailqueue.models import EmailJob, EmailStatus
-from mailqueue.services.dead_letters import error_group_key, error_pattern
+from mailqueue.services.dead_letters import error_pattern
 
 # More groups than this means something else is wrong; the page shows the biggest ones.
 DEAD_LETTER_GROUPS_SHOWN = 200
@@ -114,14 +114,16 @@ def _recent_retrying_rows(limit: int) -> list[dict]:
     return list(
         EmailJob.objects.filter(status=EmailStatus.RETRYING)
         .order_by("-updated_at")
-        .values("pk", "error_class", "last_error", "updated_at")[:limit]
+        .values("pk", "error_class", "last_error", "error_group", "updated_at")[:limit]
     )
 
 
 def retrying_groups(*, limit_rows: int = RETRYING_ROWS_EXAMINED) -> RetryingGroups:
-    """Emails still being retried, grouped by error class and message pattern, biggest first.
+    """Emails still being retried, grouped by their stored error group, biggest first.
 
-    Computed over at most `limit_rows` of the most recently updated retrying emails.
+    Computed over at most `limit_rows` of the most recently updated retrying emails. The key is
+    the one stored with the error (the one "cancel all in this group" filters on), so a group
+    and its action always cover the same emails.
     """
     rows = _recent_retrying_rows(limit_rows + 1)
     truncated = len(rows) > limit_rows
@@ -130,7 +132,7 @@ def retrying_groups(*, limit_rows: int = RETRYING_ROWS_EXAMINED) -> RetryingGrou
     samples: dict[str, dict] = {}
     spans: dict[str, dict] = {}
     for row in rows:
-        key = error_group_key(error_class=row["error_class"], message=row["last_error"])
+        key = row["error_group"]
         samples.setdefault(key, row)
         span = spans.setdefault(key, {"count": 0, "last_seen": row["updated_at"]})
         span["count"] += 1

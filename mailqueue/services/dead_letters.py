@@ -30,3 +30,15 @@ def error_group_key(*, error_class: str, message: str) -> str:
     """A short stable key of (error class, message pattern): one dead-letter group."""
     digest = hashlib.sha256(f"{error_class}\n{error_pattern(message)}".encode())
     return digest.hexdigest()[:32]
+
+
+def error_fields(*, error_class: str, message: str) -> dict:
+    """An email's error columns, written together so they always describe one error and its
+    dead-letter group (an empty message clears all three)."""
+    if not message:
+        return {"last_error": "", "error_class": "", "error_group": ""}
+    return {
+        "last_error": message[:5000],
+        "error_class": error_class[:200],
+        "error_group": error_group_key(error_class=error_class, message=message),
+    }

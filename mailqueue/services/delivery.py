@@ -53,7 +53,7 @@ from mailqueue.scheduling import (
     email_job_id,
     jobs_waiting,
 )
-from mailqueue.services.dead_letters import error_group_key
+from mailqueue.services.dead_letters import error_fields
 from mailqueue.services.outcomes import LEASE_LOST, Decision, decisions_record
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.rendering import RenderedContent, render_content
@@ -399,15 +399,6 @@ def _content_fields(content: RenderedContent | None) -> dict:
     return {"subject": content.subject, "html": content.html, "text": content.text}
 
 
-def _error_fields(error: DeliveryError) -> dict:
-    """The error columns of an email, written together so they always describe one error."""
-    return {
-        "last_error": error.message[:5000],
-        "error_class": error.error_class[:200],
-        "error_group": error_group_key(error_class=error.error_class, message=error.message),
-    }
-
-
 def _decide_sent(
     *, email: EmailJob, number: int, outcome: _Outcome, content: RenderedContent
 ) -> Decision:
@@ -434,7 +425,7 @@ def _decide_sent(
     last_error = ""
     if outcome.rejected:
         refused = "; ".join(f"{address}: {reason}" for address, reason in outcome.rejected.items())
-        last_error = f"Some recipients were refused: {refused}"[:5000]
+        last_error = f"Some recipients were refused: {refused}"
     return Decision(
         email=email,
         status=EmailStatus.SENT,
@@ -443,7 +434,7 @@ def _decide_sent(
             "provider": outcome.provider,
             "message_id": outcome.message_id,
             "sent_at": timezone.now(),
-            "last_error": last_error,
+            **error_fields(error_class="recipients_refused", message=last_error),
             **_content_fields(content),
         },
         tries=outcome.tries,
@@ -469,7 +460,11 @@ def _decide_failed(
     return Decision(
         email=email,
         status=EmailStatus.FAILED,
-        fields={"attempts": number, **_error_fields(error), **_content_fields(content)},
+        fields={
+            "attempts": number,
+            **error_fields(error_class=error.error_class, message=error.message),
+            **_content_fields(content),
+        },
         tries=outcome.tries,
         events=[event],
     )
@@ -509,7 +504,7 @@ def _decide_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> Decisio
         next_at=next_at,
         job_id=f"retry-{email.pk.hex}-{number}",
         attempts=number,
-        **_error_fields(error),
+        **error_fields(error_class=error.error_class, message=error.message),
     )
 
 
@@ -529,7 +524,7 @@ def _decide_wait_for_providers(*, email: EmailJob, providers: list[Provider]) ->
         ),
         next_at=next_at,
         job_id=f"wait-{uuid4().hex}",
-        last_error=message,
+        **error_fields(error_class="providers_cooling_down", message=message),
     )
 
 
@@ -732,7 +727,7 @@ def queue_drain(*, priority: str, job_id: str = "") -> DeliveryReport:
 
 def _higher_priority_waiting(priority: str) -> bool:
     """Whether a job waits on a queue that workers serve before this priority's."""
-    order = [p.value for p in Priority]
+    order = Priority.values
     higher = order[: order.index(priority)] if priority in order else []
     try:
         return bool(higher) and jobs_waiting(higher) > 0
@@ -746,7 +741,9 @@ def _record_crash(email: EmailJob, exc: BaseException) -> None:
     try:
         with transaction.atomic():
             EmailJob.objects.filter(pk=email.pk, claim_token=email.claim_token).update(
-                last_error=message, error_class=f"{type(exc).__module__}.{type(exc).__qualname__}"
+                **error_fields(
+                    error_class=f"{type(exc).__module__}.{type(exc).__qualname__}", message=message
+                )
             )
             DeliveryAttempt.objects.create(
                 email=email,

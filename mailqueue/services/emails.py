@@ -37,6 +37,7 @@ from mailqueue.scheduling import (
     email_job_id,
     email_job_prefix,
 )
+from mailqueue.services.dead_letters import error_fields
 from mailqueue.validation import address_spec, check_recipient_count
 from templates_app.models import EmailTemplate
 from templates_app.rendering import render_subject
@@ -82,6 +83,56 @@ def _initial_status(send_at: datetime | None, now: datetime) -> str:
     return EmailStatus.SCHEDULED if send_at and send_at > now else EmailStatus.QUEUED
 
 
+def _email_new(
+    *,
+    client: Client,
+    to: Sequence[str],
+    tags: Sequence[str],
+    from_email: str | None,
+    **fields,
+) -> EmailJob:
+    """An unsaved email, with what every way in fills the same way: normalised recipient
+    addresses, the attempts limit in force."""
+    to_addresses = [address_spec(address) for address in to]
+    return EmailJob(
+        client=client,
+        from_email=from_email or "",
+        to=list(to),
+        to_addresses=to_addresses,
+        recipient=to_addresses[0],
+        tags=list(tags),
+        max_attempts=conf.max_attempts(),
+        **fields,
+    )
+
+
+def _template_accept(slug: str, context: dict) -> tuple:
+    """The active template, its current version and the subject it renders with `context`.
+
+    The subject is rendered now: the API shows it at once, and a subject that cannot render
+    with this context is the caller's 400, not a failure later in the worker.
+    """
+    template = template_get_active(slug=slug)
+    template_check_context(template=template, context=context)
+    version = template_current_version(template=template)
+    return template, version, _accept_subject(version or template, context, field="context")
+
+
+def _batch_chunk_jobs(batch: Batch, emails: list[EmailJob]) -> list[DeliveryJob]:
+    """A scheduled batch's release jobs: one per chunk, in the order the batch was given (each
+    email is told its chunk's job id)."""
+    chunk_size = conf.batch_chunk_size()
+    jobs = []
+    for start in range(0, len(emails), chunk_size):
+        job_id = f"batch-{batch.id.hex}-{start // chunk_size}"
+        chunk = emails[start : start + chunk_size]
+        for email in chunk:
+            email.rq_job_id = job_id
+        ids = tuple(str(email.id) for email in chunk)
+        jobs.append(DeliveryJob(job_id, ids, batch.priority, batch.send_at))
+    return jobs
+
+
 def email_create(
     *,
     client: Client,
@@ -111,42 +162,32 @@ def email_create(
     check_recipient_count(to=list(to), cc=list(cc), bcc=list(bcc))
     template_obj = template_version = None
     if template:
-        template_obj = template_get_active(slug=template)
-        template_check_context(template=template_obj, context=context)
-        template_version = template_current_version(template=template_obj)
-        # The subject is rendered now: the API shows it at once, and a subject that cannot
-        # render with this context is the caller's 400, not a failure later in the worker.
-        subject = _accept_subject(template_version or template_obj, context, field="context")
+        template_obj, template_version, subject = _template_accept(template, context)
     elif not subject or not (html or text):
         raise ValidationFailed(
             "Give either 'template' (with 'context') or 'subject' with 'html' and/or 'text'.",
             field="template",
         )
-    now = timezone.now()
-    to_addresses = [address_spec(address) for address in to]
-    email = EmailJob(
+    email = _email_new(
         client=client,
         api_key=api_key,
-        status=_initial_status(send_at, now),
+        to=to,
+        status=_initial_status(send_at, timezone.now()),
+        send_at=send_at,
         priority=priority,
-        from_email=from_email or "",
-        to=list(to),
-        cc=list(cc),
-        bcc=list(bcc),
-        reply_to=list(reply_to),
-        to_addresses=to_addresses,
-        recipient=to_addresses[0],
-        headers=headers or {},
-        tags=list(tags),
+        from_email=from_email,
+        tags=tags,
         metadata=metadata or {},
         template=template_obj,
         template_version=template_version,
         context=context,
         subject=subject or "",
+        cc=list(cc),
+        bcc=list(bcc),
+        reply_to=list(reply_to),
+        headers=headers or {},
         html=html or "",
         text=text or "",
-        send_at=send_at,
-        max_attempts=conf.max_attempts(),
         created_by_user=created_by_user,
         providers=list(providers),
     )
@@ -157,26 +198,15 @@ def email_create(
     # drain or the job below still waits for that transaction's commit.
     with transaction.atomic() if attachments else nullcontext():
         insert_one(email)
-        if attachments:
-            EmailAttachment.objects.bulk_create(
-                EmailAttachment(
-                    email=email,
-                    filename=item.filename,
-                    mimetype=item.mimetype,
-                    content=item.content,
-                )
-                for item in attachments
+        EmailAttachment.objects.bulk_create(
+            EmailAttachment(
+                email=email, filename=item.filename, mimetype=item.mimetype, content=item.content
             )
+            for item in attachments
+        )
     if email.status == EmailStatus.SCHEDULED:
         deliveries_enqueue_on_commit(
-            [
-                DeliveryJob(
-                    job_id=email.rq_job_id,
-                    email_ids=(str(email.id),),
-                    priority=email.priority,
-                    run_at=email.send_at,
-                )
-            ]
+            [DeliveryJob(email.rq_job_id, (str(email.id),), email.priority, email.send_at)]
         )
     else:
         # Queued emails are claimed by their priority's drain job, oldest first.
@@ -224,8 +254,7 @@ def batch_create(
         template_check_context(template=template_obj, context=merged, field=field)
         check_recipient_count(to=recipient.to, cc=[], bcc=[], field=f"recipients[{index}].to")
         subjects.append(_accept_subject(template_version or template_obj, merged, field=field))
-    now = timezone.now()
-    status = _initial_status(send_at, now)
+    status = _initial_status(send_at, timezone.now())
     batch = Batch.objects.create(
         client=client,
         template=template_obj,
@@ -236,44 +265,25 @@ def batch_create(
         count=len(recipients),
     )
     emails = [
-        EmailJob(
+        _email_new(
             client=client,
             api_key=api_key,
-            batch=batch,
-            status=status,
-            priority=priority,
-            from_email=from_email or "",
             to=recipient.to,
-            recipient=address_spec(recipient.to[0]),
-            to_addresses=[address_spec(address) for address in recipient.to],
-            tags=list(tags),
+            status=status,
+            send_at=send_at,
+            priority=priority,
+            from_email=from_email,
+            tags=tags,
             metadata=recipient.metadata,
             template=template_obj,
             template_version=template_version,
             context={**shared_context, **recipient.context},
             subject=subject,
-            send_at=send_at,
-            max_attempts=conf.max_attempts(),
+            batch=batch,
         )
         for recipient, subject in zip(recipients, subjects, strict=True)
     ]
-    jobs = []
-    if status == EmailStatus.SCHEDULED:
-        # A scheduled batch is released in chunk jobs at its time, in the order it was given.
-        chunk_size = conf.batch_chunk_size()
-        for start in range(0, len(emails), chunk_size):
-            job_id = f"batch-{batch.id.hex}-{start // chunk_size}"
-            chunk = emails[start : start + chunk_size]
-            for email in chunk:
-                email.rq_job_id = job_id
-            jobs.append(
-                DeliveryJob(
-                    job_id=job_id,
-                    email_ids=tuple(str(email.id) for email in chunk),
-                    priority=priority,
-                    run_at=send_at,
-                )
-            )
+    jobs = _batch_chunk_jobs(batch, emails) if status == EmailStatus.SCHEDULED else []
     insert_rows(EmailJob, emails)
     if jobs:
         deliveries_enqueue_on_commit(jobs)
@@ -350,9 +360,7 @@ def emails_retry_many(*, email_ids: Iterable[UUID]) -> BulkResult:
             next_attempt_at=None,
             lease_expires_at=None,
             attempts=0,
-            last_error="",
-            error_class="",
-            error_group="",
+            **error_fields(error_class="", message=""),
             rq_job_id="",
             updated_at=timezone.now(),
         )

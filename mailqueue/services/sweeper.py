@@ -23,7 +23,7 @@ from mailqueue.scheduling import (
     email_job_id,
     jobs_alive,
 )
-from mailqueue.services.dead_letters import error_group_key
+from mailqueue.services.dead_letters import error_fields
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
 
@@ -88,9 +88,7 @@ def _reclaim_expired_leases(result: SweepResult) -> None:
             fields = {
                 "status": EmailStatus.FAILED if give_up else EmailStatus.RETRYING,
                 "attempts": number,
-                "last_error": message,
-                "error_class": "lease_expired",
-                "error_group": error_group_key(error_class="lease_expired", message=message),
+                **error_fields(error_class="lease_expired", message=message),
                 "lease_expires_at": None,
                 # The worker that held it may still be alive: it must not record an outcome.
                 "claim_token": None,

@@ -1,6 +1,7 @@
 """The dead-letters page: failed emails grouped by error, retried (or cancelled) per group."""
 
 import re
+import socket
 from datetime import timedelta
 
 import pytest
@@ -211,6 +212,39 @@ def test_retrying_emails_are_grouped_and_a_group_can_be_cancelled(admin_client):
         "cancelled",
         "retrying",
     )
+
+
+def test_emails_waiting_out_a_provider_cooldown_can_be_cancelled_as_a_group(admin_client, settings):
+    """Emails deferred because every provider is cooling down form a retrying group, and
+    "cancel all in this group" reaches them (the group shown is the key stored with the error)."""
+    settings.EMAIL_PROVIDERS = ["smtp"]
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": port}
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1  # the later emails meet the cooldown
+    client = Client.objects.create(name="shop")
+    emails = [
+        email_create(client=client, to=[f"wait{n}@example.com"], subject="Hi", text="Hi")
+        for n in range(3)
+    ]
+    emails_deliver(email_ids=[str(email.pk) for email in emails])
+    waiting = EmailJob.objects.filter(attempts=0, status=EmailStatus.RETRYING)
+    assert waiting.count() == 2
+    key = waiting.first().error_group
+    assert key
+
+    page = admin_client.get(reverse(PAGE)).content.decode()
+    assert "cooling down" in cells(group_rows(page, "retrying-group")[key])[1]
+    response = admin_client.post(
+        reverse("admin:mailqueue_emailjob_dead_letters_cancel"), {"error_group": key}, follow=True
+    )
+
+    assert (
+        "Cancelled 2 email(s); skipped 0 that were not scheduled, queued or retrying."
+        in messages_of(response)
+    )
+    assert EmailJob.objects.filter(status=EmailStatus.CANCELLED).count() == 2
 
 
 def test_dead_letters_page_queries_do_not_grow_with_groups(
