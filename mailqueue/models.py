@@ -11,6 +11,8 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
+from mailqueue import conf, priorities
+
 _uuid7_lock = threading.Lock()
 _uuid7_last = (0, 0)
 
@@ -43,9 +45,9 @@ class Priority(models.TextChoices):
     """Priorities are RQ queue names, listed in the order workers drain them: `high`, `default`,
     `low` (code that lists the queues reads this order)."""
 
-    HIGH = "high"
-    DEFAULT = "default"
-    LOW = "low"
+    HIGH = priorities.HIGH
+    DEFAULT = priorities.DEFAULT
+    LOW = priorities.LOW
 
 
 class EmailStatus(models.TextChoices):
@@ -200,7 +202,7 @@ class EmailJob(models.Model):
     # Set when a worker claims the email; only that worker may record the outcome.
     claim_token = models.UUIDField(null=True, blank=True, editable=False)
     attempts = models.PositiveSmallIntegerField(default=0)
-    max_attempts = models.PositiveSmallIntegerField(default=5)
+    max_attempts = models.PositiveSmallIntegerField(default=conf.max_attempts)
     last_error = models.TextField(blank=True, default="")
     # Class of the last error and a fingerprint of (class, message shape): the dead-letter groups.
     error_class = models.CharField(max_length=200, blank=True, default="")

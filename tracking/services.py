@@ -39,26 +39,3 @@ def events_record(*, events: Iterable[NewEvent]) -> list[TrackingEvent]:
         for event in events
     ]
     return TrackingEvent.objects.bulk_create(rows, batch_size=500)
-
-
-def event_record(
-    *,
-    email_id: UUID,
-    event_type: str,
-    provider: str = "",
-    recipient: str = "",
-    description: str = "",
-    data: dict | None = None,
-    occurred_at: datetime | None = None,
-) -> TrackingEvent:
-    """Write one event."""
-    event = NewEvent(
-        email_id=email_id,
-        event_type=event_type,
-        provider=provider,
-        recipient=recipient,
-        description=description,
-        data=data or {},
-        occurred_at=occurred_at,
-    )
-    return events_record(events=[event])[0]

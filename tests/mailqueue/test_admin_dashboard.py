@@ -12,14 +12,10 @@ from mailqueue.models import Client, EmailJob, EmailStatus
 from mailqueue.scheduling import connection as redis_connection
 from mailqueue.selectors.dashboard import dashboard_stats
 from mailqueue.services import email_create
+from tests.helpers import DOWN_REDIS
 from tracking.models import TrackingEvent
 
 pytestmark = pytest.mark.django_db
-
-DOWN_REDIS = {
-    name: {"URL": "redis://127.0.0.1:1/0", "DEFAULT_TIMEOUT": 600}
-    for name in ("high", "default", "low")
-}
 
 
 def element(page: str, element_id: str) -> str:

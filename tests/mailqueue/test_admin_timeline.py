@@ -12,7 +12,7 @@ from mailqueue.models import EmailJob, EmailStatus
 from mailqueue.selectors.timeline import email_timeline
 from mailqueue.services import api_key_create, email_cancel, email_create, emails_deliver
 from templates_app.services import template_create
-from tracking.services import event_record
+from tracking.services import NewEvent, events_record
 
 pytestmark = pytest.mark.django_db
 
@@ -55,12 +55,16 @@ def test_timeline_lists_creation_attempts_and_events_in_order(admin_client, smtp
     EmailJob.objects.filter(pk=email.pk).update(next_attempt_at=timezone.now())
     assert emails_deliver(email_ids=[str(email.pk)]).sent == 1
     later = timezone.now() + timedelta(seconds=5)
-    event_record(email_id=email.pk, event_type="delivered", provider="smtp", occurred_at=later)
-    event_record(
-        email_id=email.pk,
-        event_type="opened",
-        recipient="ada@example.com",
-        occurred_at=later + timedelta(minutes=3),
+    events_record(
+        events=[
+            NewEvent(email_id=email.pk, event_type="delivered", provider="smtp", occurred_at=later),
+            NewEvent(
+                email_id=email.pk,
+                event_type="opened",
+                recipient="ada@example.com",
+                occurred_at=later + timedelta(minutes=3),
+            ),
+        ]
     )
 
     detail = admin_client.get(reverse("admin:mailqueue_emailjob_change", args=[email.pk]))

@@ -11,13 +11,9 @@ from mailqueue.api.serializers import EmailCreateInputSerializer
 from mailqueue.models import EmailAttachment, EmailJob, EmailStatus
 from mailqueue.scheduling import get_scheduler
 from mailqueue.services import emails_sweep
-from tests.helpers import queue_lengths, run_worker
+from tests.helpers import DOWN_REDIS, queue_lengths, run_worker
 
 EMAILS = "/api/v1/emails/"
-DOWN_REDIS = {
-    name: {"URL": "redis://127.0.0.1:1/0", "DEFAULT_TIMEOUT": 600}
-    for name in ("high", "default", "low")
-}
 
 DETAIL_FIELDS = {
     "id",

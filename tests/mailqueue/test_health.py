@@ -5,11 +5,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mailqueue.scheduling import connection as redis_connection
-
-DOWN_REDIS = {
-    name: {"URL": "redis://127.0.0.1:1/0", "DEFAULT_TIMEOUT": 600}
-    for name in ("high", "default", "low")
-}
+from tests.helpers import DOWN_REDIS
 
 
 @pytest.mark.django_db

@@ -10,40 +10,16 @@ from django.utils import timezone
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import connection as redis_connection
 from mailqueue.scheduling import get_scheduler
-from mailqueue.services import email_create, emails_deliver
+from mailqueue.services import emails_deliver
 from mailqueue.services.delivery import backoff_seconds
 from mailqueue.tasks import deliver_emails
-from tests.helpers import queue_lengths, run_worker
+from tests.helpers import queue_lengths
 from tests.live import scheduled_entries
 from tracking.models import EventType
 
 pytestmark = pytest.mark.django_db
 
 TRY_LATER = "451 4.3.0 Try again later"
-
-
-@pytest.fixture
-def send(issued_key, django_capture_on_commit_callbacks):
-    """Accept one email to an address; its job is enqueued as on a real commit."""
-
-    def make(to: str = "ada@example.com") -> EmailJob:
-        with django_capture_on_commit_callbacks(execute=True):
-            return email_create(
-                client=issued_key.api_key.client, to=[to], subject="Hi", text="Hello"
-            )
-
-    return make
-
-
-@pytest.fixture
-def work(django_capture_on_commit_callbacks):
-    """Run a burst worker; the retry jobs it enqueues on commit reach Redis as in production."""
-
-    def run() -> None:
-        with django_capture_on_commit_callbacks(execute=True):
-            run_worker()
-
-    return run
 
 
 def release_due_jobs(timeout: float = 3.0) -> None:

@@ -34,19 +34,6 @@ def no_grace(settings):
     settings.MAILQUEUE_SWEEP_GRACE_SECONDS = 0
 
 
-@pytest.fixture
-def send(issued_key, django_capture_on_commit_callbacks):
-    """Accept one email; its job reaches Redis as on a real commit."""
-
-    def make(to: str = "ada@example.com", **fields) -> EmailJob:
-        with django_capture_on_commit_callbacks(execute=True):
-            return email_create(
-                client=issued_key.api_key.client, to=[to], subject="Hi", text="Hello", **fields
-            )
-
-    return make
-
-
 def _pending_drain(priority: str = "default") -> Job:
     return Job.fetch(drains_pending()[priority], connection=redis_connection())
 
