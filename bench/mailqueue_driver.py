@@ -165,7 +165,7 @@ def start_workers(number: int, *, smtp_port: int, log: Path, burst: bool = True)
 
 def deliver(*, workers: int, expected: int, smtp_port: int, log: Path) -> dict:
     """Start workers and wait until every email is final: seconds from start, and statuses."""
-    cpu = procs.children_cpu_seconds()
+    cpu, db_cpu = procs.children_cpu_seconds(), procs.database_cpu_seconds()
     started = time.monotonic()
     processes = start_workers(workers, smtp_port=smtp_port, log=log)
     try:
@@ -176,12 +176,14 @@ def deliver(*, workers: int, expected: int, smtp_port: int, log: Path) -> dict:
             processes=processes,
             what=f"{expected} Mailqueue emails final",
         )
+        db_cpu = procs.database_cpu_seconds() - db_cpu
     finally:
         for process in processes:
             procs.stop(process)
     return {
         "seconds": done - started,
         "cpu_seconds": procs.children_cpu_seconds() - cpu,
+        "database_cpu_seconds": db_cpu,
         "statuses": count_by_status(),
     }
 

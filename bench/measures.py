@@ -26,9 +26,13 @@ SEND_MANY = "post_office send_many"
 METRICS = [
     Metric("batch_1w", "1. batch emails, 1 worker | 1 process", "emails/s", PO),
     Metric("batch_1w_cpu", "1. (per CPU-second of the sender)", "emails/cpu-s", PO),
+    Metric("batch_1w_db", "1. (PostgreSQL CPU per email)", "cpu-ms", PO, False),
+    Metric("batch_1w_sink", "1. (SMTP sink CPU per email)", "cpu-ms", PO, False),
     Metric("enqueue_batch", "1. (queueing them: 1000 a call)", "emails/s", PO),
     Metric("single_1w", "2. single emails, 1 worker | 1 process", "emails/s", PO),
     Metric("single_1w_cpu", "2. (per CPU-second of the sender)", "emails/cpu-s", PO),
+    Metric("single_1w_db", "2. (PostgreSQL CPU per email)", "cpu-ms", PO, False),
+    Metric("single_1w_sink", "2. (SMTP sink CPU per email)", "cpu-ms", PO, False),
     Metric("enqueue_single", "2. (queueing them: 1 a call)", "emails/s", PO),
     Metric("batch_2w", "3. batch emails, 2 workers | 2 processes", "emails/s", PO),
     Metric("single_2w", "3. single emails, 2 workers | 2 processes", "emails/s", PO),
@@ -136,6 +140,13 @@ class Run:
         for what, action in ordered:
             self.attempt(what, action)
 
+    def record_cpu_split(self, key: str, contestant: str, result: dict, count: int) -> None:
+        """Record what PostgreSQL and the SMTP sink spent per email of the measure just run."""
+        label = f"{key} {contestant}"
+        sink_seconds = self.sink_shares[label][-1] * result["seconds"]
+        self.record(f"{key}_db", contestant, result["database_cpu_seconds"] / count * 1000)
+        self.record(f"{key}_sink", contestant, sink_seconds / count * 1000)
+
     @contextmanager
     def sink_cpu(self, label: str) -> Iterator[None]:
         """Measure the share of one core the SMTP sink used during the block."""
@@ -164,6 +175,7 @@ def delivery(run: Run, *, mode: str, workers: int) -> None:
         run.record(key, MAILQUEUE, rate, count=count, **result)
         if workers == 1:
             run.record(f"{key}_cpu", MAILQUEUE, count / result["cpu_seconds"])
+            run.record_cpu_split(key, MAILQUEUE, result, count)
             run.record(f"enqueue_{mode}", MAILQUEUE, count / queued, seconds=queued)
         if key == "batch_1w":
             run.record("wire", MAILQUEUE, rate, count=count, **result)
@@ -187,6 +199,7 @@ def delivery(run: Run, *, mode: str, workers: int) -> None:
         run.record(key, PO, count / result["seconds"], count=count, **result)
         if workers == 1:
             run.record(f"{key}_cpu", PO, count / result["cpu_seconds"])
+            run.record_cpu_split(key, PO, result, count)
             run.record(f"enqueue_{mode}", PO, count / queued, seconds=queued)
 
     run.in_order((f"{key} {MAILQUEUE}", mailqueue), (f"{key} {PO}", post_office))

@@ -212,14 +212,39 @@ def rss_kb(pid: int) -> int:
     return total
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far."""
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """CPU time (user + system) a process has used so far; with `children`, plus that of its
+    children it has waited for."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    # After the ')' field 0 is the state: utime and stime are fields 14 and 15 of stat(5).
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    # After the ')' field 0 is the state: utime, stime, cutime and cstime are fields 14-17 of
+    # stat(5).
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _CLOCK_TICKS
+
+
+def database_cpu_seconds() -> float:
+    """CPU time used so far by every local PostgreSQL process (server, backends, background),
+    including backends that have exited (counted in the server's children times).
+
+    The difference across a measure is what the database spent on its emails. Zero when
+    PostgreSQL runs elsewhere.
+    """
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        total += cpu_seconds(int(entry.name), children=True)
+    return total
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -84,7 +84,7 @@ def deliver(*, processes: int, expected: int, smtp_port: int, log: Path) -> dict
     lockfile = log.parent / "locks" / "send_queued_mail"
     lockfile.parent.mkdir(parents=True, exist_ok=True)
     with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
-        cpu = procs.children_cpu_seconds()
+        cpu, db_cpu = procs.children_cpu_seconds(), procs.database_cpu_seconds()
         started = time.monotonic()
         process = procs.start(
             [
@@ -108,6 +108,7 @@ def deliver(*, processes: int, expected: int, smtp_port: int, log: Path) -> dict
                 processes=[process],
                 what=f"{expected} post_office emails final",
             )
+            db_cpu = procs.database_cpu_seconds() - db_cpu
         finally:
             procs.stop(process)
         rows = conn.execute("SELECT status, count(*) FROM post_office_email GROUP BY 1").fetchall()
@@ -115,5 +116,6 @@ def deliver(*, processes: int, expected: int, smtp_port: int, log: Path) -> dict
     return {
         "seconds": done - started,
         "cpu_seconds": procs.children_cpu_seconds() - cpu,
+        "database_cpu_seconds": db_cpu,
         "statuses": {names[s]: n for s, n in rows},
     }
