@@ -65,20 +65,31 @@ def select_instances(
         rows = cursor.fetchall()
     fields = model._meta.concrete_fields
     attnames = [f.attname for f in fields]
-    converters = [
-        (index, field.from_db_value)
-        for index, field in enumerate(fields)
-        if hasattr(field, "from_db_value")
-    ]
+    converters = _converters(model, connection.vendor)
     count = len(fields)
     result = []
     for row in rows:
         values = list(row[:count])
-        for index, convert in converters:
-            values[index] = convert(values[index], None, connection)
+        for index, convert, column in converters:
+            values[index] = convert(values[index], column, connection)
         instance = model.from_db(connection.alias, attnames, values)
         result.append((instance, list(row[count : count + extra])))
     return result
+
+
+@cache
+def _converters(model: type[models.Model], vendor: str) -> list[tuple]:
+    """(index, converter, column) for every value the ORM would convert when loading the model:
+    the backend's (SQLite's datetimes become aware) and then the field's (JSON is parsed)."""
+    converters = []
+    for index, field in enumerate(model._meta.concrete_fields):
+        column = field.get_col(model._meta.db_table)
+        for convert in [
+            *connection.ops.get_db_converters(column),
+            *column.get_db_converters(connection),
+        ]:
+            converters.append((index, convert, column))
+    return converters
 
 
 @cache

@@ -17,31 +17,29 @@ SCHEDULERS_KEY = "mailqueue:schedulers"
 
 def live_workers_on_host(redis: Redis, hostname: str) -> int:
     """Live RQ workers running on one host (container health checks)."""
-    keys = list(redis.smembers(REDIS_WORKER_KEYS))
-    if not keys:
-        return 0
-    pipe = redis.pipeline()
-    for key in keys:
-        pipe.hget(key, "hostname")
-    hosts = pipe.execute()
-    return sum(1 for host in hosts if host is not None and host.decode() == hostname)
+    hosts = _hostnames(redis, REDIS_WORKER_KEYS)
+    return sum(1 for host in hosts.values() if host == hostname)
 
 
 def live_scheduler_count(redis: Redis, *, hostname: str | None = None) -> int:
     """Running `rqscheduler` processes (on one host, if given): their heartbeat key exists."""
-    keys = list(redis.smembers(SCHEDULERS_KEY))
-    if not keys:
-        return 0
+    hosts = _hostnames(redis, SCHEDULERS_KEY)
+    gone = [key for key, host in hosts.items() if host is None]
+    if gone:
+        redis.srem(SCHEDULERS_KEY, *gone)  # killed schedulers whose key expired
+    return sum(1 for host in hosts.values() if host is not None and hostname in (None, host))
+
+
+def _hostnames(redis: Redis, registry: str) -> dict[bytes, str | None]:
+    """Each process key registered in a set, with the host its hash names (None: key expired)."""
+    keys = list(redis.smembers(registry))
     pipe = redis.pipeline()
     for key in keys:
         pipe.hget(key, "hostname")
-    hosts = pipe.execute()
-    gone = [key for key, host in zip(keys, hosts, strict=True) if host is None]
-    if gone:
-        redis.srem(SCHEDULERS_KEY, *gone)  # killed schedulers whose key expired
-    return sum(
-        1 for host in hosts if host is not None and (hostname is None or host.decode() == hostname)
-    )
+    hosts = pipe.execute() if keys else []
+    return {
+        key: None if host is None else host.decode() for key, host in zip(keys, hosts, strict=True)
+    }
 
 
 def live_worker_count(redis: Redis) -> int:

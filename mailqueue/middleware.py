@@ -8,7 +8,7 @@ from mailqueue import conf
 
 
 class RequestBodyLimitMiddleware:
-    """Reject API requests whose declared body is larger than MAILQUEUE_MAX_BODY_BYTES."""
+    """Reject any request whose declared body is larger than MAILQUEUE_MAX_BODY_BYTES."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

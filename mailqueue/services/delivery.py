@@ -592,6 +592,69 @@ def send_pool_shutdown() -> None:
         _pool, _pool_size = None, 0
 
 
+class _SendWindow:
+    """The emails of a delivery waiting, in the send threads, and decided but not yet written.
+
+    Each email's lease is checked just before it is handed to a thread, and few are handed out
+    ahead of time (twice the threads): an email is never sent long after its lease was last
+    checked. Outcomes are written at most OUTCOME_GROUP_SIZE or OUTCOME_GROUP_SECONDS at a time.
+    """
+
+    def __init__(self, claimed: list[EmailJob], report: DeliveryReport) -> None:
+        self.pool = _send_pool()
+        self.size = 2 * conf.worker_concurrency()
+        self.waiting = deque(claimed)
+        self.in_flight: dict[Future, EmailJob] = {}
+        self.held: list[Decision] = []
+        self.held_since = 0.0
+        self.report = report
+
+    def hand_out(self) -> None:
+        """Hand waiting emails whose lease still holds to the send threads, up to the window."""
+        while self.waiting and len(self.in_flight) < self.size:
+            email = self.waiting.popleft()
+            if email_hold_lease(email=email):
+                self.in_flight[self.pool.submit(email_decide, email=email)] = email
+            else:
+                logger.warning("email %s: lease lost before sending", email.pk)
+                self.report.count(LEASE_LOST)
+
+    def collect(self) -> None:
+        """Wait for a send to finish (or the held group's deadline), hold its outcome, and write
+        the held group once it is full, old enough, or the last one."""
+        timeout = None
+        if self.held:
+            timeout = max(0.0, self.held_since + OUTCOME_GROUP_SECONDS - time.monotonic())
+        done, _ = wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            email = self.in_flight.pop(future)
+            exc = future.exception()
+            if exc is not None:
+                # A bug on one email must not stop the rest of the chunk; the email stays
+                # `sending` and the sweeper takes it back when its lease ends.
+                logger.error("email %s: delivery crashed", email.pk, exc_info=exc)
+                _record_crash(email, exc)
+                self.report.count(CRASHED)
+                continue
+            if not self.held:
+                self.held_since = time.monotonic()
+            self.held.append(future.result())
+            if len(self.held) >= OUTCOME_GROUP_SIZE:
+                self.flush()
+        if self.held and (
+            time.monotonic() - self.held_since >= OUTCOME_GROUP_SECONDS
+            or not (self.waiting or self.in_flight)
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the held outcomes as one group."""
+        group, self.held = self.held, []
+        if group:
+            for status in decisions_record(group):
+                self.report.count(status)
+
+
 def _deliver_claimed(
     claimed: list[EmailJob],
     report: DeliveryReport,
@@ -603,69 +666,24 @@ def _deliver_claimed(
     `refill` claims more when the claimed emails are all handed out (a drain going on to its
     next chunk while the last sends of this one finish); it returns [] to stop.
     """
-    pool = _send_pool()
-    # Each email's lease is checked here, just before it is handed to a thread, and few are
-    # handed out ahead of time: an email is never sent long after its lease was last checked.
-    window = 2 * conf.worker_concurrency()
-    waiting = deque(claimed)
-    in_flight: dict[Future, EmailJob] = {}
-    held: list[Decision] = []
-    held_since = 0.0
-
-    def flush() -> None:
-        nonlocal held
-        if not held:
-            return
-        group, held = held, []
-        for status in decisions_record(group):
-            report.count(status)
-
+    window = _SendWindow(claimed, report)
     try:
         while True:
-            if not waiting and refill is not None:
+            if not window.waiting and refill is not None:
                 more = refill()
                 report.claimed += len(more)
-                waiting.extend(more)
+                window.waiting.extend(more)
                 if not more:
                     refill = None
-            if not (waiting or in_flight):
+            if not (window.waiting or window.in_flight):
                 break
-            while waiting and len(in_flight) < window:
-                email = waiting.popleft()
-                if email_hold_lease(email=email):
-                    in_flight[pool.submit(email_decide, email=email)] = email
-                else:
-                    logger.warning("email %s: lease lost before sending", email.pk)
-                    report.count(LEASE_LOST)
-            if not in_flight:
-                continue
-            timeout = None
-            if held:
-                timeout = max(0.0, held_since + OUTCOME_GROUP_SECONDS - time.monotonic())
-            done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in done:
-                email = in_flight.pop(future)
-                exc = future.exception()
-                if exc is not None:
-                    # A bug on one email must not stop the rest of the chunk; the email stays
-                    # `sending` and the sweeper takes it back when its lease ends.
-                    logger.error("email %s: delivery crashed", email.pk, exc_info=exc)
-                    _record_crash(email, exc)
-                    report.count(CRASHED)
-                    continue
-                if not held:
-                    held_since = time.monotonic()
-                held.append(future.result())
-                if len(held) >= OUTCOME_GROUP_SIZE:
-                    flush()
-            if held and (
-                time.monotonic() - held_since >= OUTCOME_GROUP_SECONDS or not (waiting or in_flight)
-            ):
-                flush()
-        flush()  # outcomes held when the last emails in the window turned out lost
+            window.hand_out()
+            if window.in_flight:
+                window.collect()
+        window.flush()  # outcomes held when the last emails in the window turned out lost
     except BaseTimeoutException:
         # RQ's job timeout: record what is known and stop; the rest goes back after its lease.
-        flush()
+        window.flush()
         raise
 
 

@@ -39,7 +39,7 @@ from mailqueue.scheduling import (
 )
 from mailqueue.services.dead_letters import error_fields
 from mailqueue.validation import address_spec, check_recipient_count
-from templates_app.models import EmailTemplate
+from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.rendering import render_subject
 from templates_app.selectors import template_get_active
 from templates_app.services import template_check_context, template_current_version
@@ -118,6 +118,24 @@ def _template_accept(slug: str, context: dict) -> tuple:
     return template, version, _accept_subject(version or template, context, field="context")
 
 
+def _batch_subjects(
+    template: EmailTemplate,
+    version: EmailTemplateVersion | None,
+    shared_context: dict,
+    recipients: Sequence["BatchRecipient"],
+) -> list[str]:
+    """Each recipient's subject, after checking their context and addresses: the first bad
+    recipient is a ValidationFailed naming its index, and nothing is stored."""
+    subjects = []
+    for index, recipient in enumerate(recipients):
+        field = f"recipients[{index}].context"
+        merged = {**shared_context, **recipient.context}
+        template_check_context(template=template, context=merged, field=field)
+        check_recipient_count(to=recipient.to, cc=[], bcc=[], field=f"recipients[{index}].to")
+        subjects.append(_accept_subject(version or template, merged, field=field))
+    return subjects
+
+
 def _batch_chunk_jobs(batch: Batch, emails: list[EmailJob]) -> list[DeliveryJob]:
     """A scheduled batch's release jobs: one per chunk, in the order the batch was given (each
     email is told its chunk's job id)."""
@@ -157,6 +175,7 @@ def email_create(
     providers: Sequence[str] = (),
 ) -> EmailJob:
     """Store one email in the outbox and ask for its delivery once the row is committed."""
+    # Long only by its keywords: one per field a caller may set, passed on to the row.
     context = context or {}
     attachments = list(attachments)
     check_recipient_count(to=list(to), cc=list(cc), bcc=list(bcc))
@@ -247,13 +266,7 @@ def batch_create(
     shared_context = context or {}
     template_obj = template_get_active(slug=template)
     template_version = template_current_version(template=template_obj)
-    subjects = []
-    for index, recipient in enumerate(recipients):
-        field = f"recipients[{index}].context"
-        merged = {**shared_context, **recipient.context}
-        template_check_context(template=template_obj, context=merged, field=field)
-        check_recipient_count(to=recipient.to, cc=[], bcc=[], field=f"recipients[{index}].to")
-        subjects.append(_accept_subject(template_version or template_obj, merged, field=field))
+    subjects = _batch_subjects(template_obj, template_version, shared_context, recipients)
     status = _initial_status(send_at, timezone.now())
     batch = Batch.objects.create(
         client=client,

@@ -7,7 +7,7 @@ should be in flight, and Redis is only asked whether the matching job still exis
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from uuid import uuid4
 
 from django.db import transaction
@@ -71,6 +71,9 @@ def emails_sweep() -> SweepResult:
     return result
 
 
+_LEASE_EXPIRED = "The worker stopped before finishing this attempt (lease expired)."
+
+
 def _reclaim_expired_leases(result: SweepResult) -> None:
     """A worker died (or hung) while sending: count the attempt and send again (or give up)."""
     now = timezone.now()
@@ -82,57 +85,57 @@ def _reclaim_expired_leases(result: SweepResult) -> None:
     jobs = []
     with transaction.atomic():
         for email in expired:
-            number = email.attempts + 1
-            message = "The worker stopped before finishing this attempt (lease expired)."
-            give_up = number >= email.max_attempts
-            fields = {
-                "status": EmailStatus.FAILED if give_up else EmailStatus.RETRYING,
-                "attempts": number,
-                **error_fields(error_class="lease_expired", message=message),
-                "lease_expires_at": None,
-                # The worker that held it may still be alive: it must not record an outcome.
-                "claim_token": None,
-                "next_attempt_at": None if give_up else now,
-                "rq_job_id": email_job_id(email.pk),
-                "updated_at": now,
-            }
-            moved = EmailJob.objects.filter(
-                pk=email.pk, status=EmailStatus.SENDING, lease_expires_at__lt=now
-            ).update(**fields)
-            if not moved:
+            give_up = email.attempts + 1 >= email.max_attempts
+            if not _reclaim_one(email, give_up=give_up, now=now):
                 continue
-            DeliveryAttempt.objects.create(
-                email_id=email.pk,
-                number=number,
-                provider="",
-                outcome=DeliveryAttempt.Outcome.TRANSIENT,
-                error_class="lease_expired",
-                error_message=message,
-                started_at=now,
-            )
-            events_record(
-                events=[
-                    NewEvent(
-                        email_id=email.pk,
-                        event_type=EventType.FAILED if give_up else EventType.DEFERRED,
-                        recipient=email.recipient,
-                        description=message,
-                    )
-                ]
-            )
             if give_up:
                 result.failed += 1
             else:
                 result.reclaimed += 1
-                jobs.append(
-                    DeliveryJob(
-                        job_id=email_job_id(email.pk),
-                        email_ids=(str(email.pk),),
-                        priority=email.priority,
-                    )
-                )
+                jobs.append(DeliveryJob(email_job_id(email.pk), (str(email.pk),), email.priority))
     if jobs:
         deliveries_enqueue(jobs)
+
+
+def _reclaim_one(email: EmailJob, *, give_up: bool, now: datetime) -> bool:
+    """Take one email back from `sending` if its lease is still expired, with the attempt and
+    event that say why; False when it moved meanwhile."""
+    number = email.attempts + 1
+    moved = EmailJob.objects.filter(
+        pk=email.pk, status=EmailStatus.SENDING, lease_expires_at__lt=now
+    ).update(
+        status=EmailStatus.FAILED if give_up else EmailStatus.RETRYING,
+        attempts=number,
+        **error_fields(error_class="lease_expired", message=_LEASE_EXPIRED),
+        lease_expires_at=None,
+        # The worker that held it may still be alive: it must not record an outcome.
+        claim_token=None,
+        next_attempt_at=None if give_up else now,
+        rq_job_id=email_job_id(email.pk),
+        updated_at=now,
+    )
+    if not moved:
+        return False
+    DeliveryAttempt.objects.create(
+        email_id=email.pk,
+        number=number,
+        provider="",
+        outcome=DeliveryAttempt.Outcome.TRANSIENT,
+        error_class="lease_expired",
+        error_message=_LEASE_EXPIRED,
+        started_at=now,
+    )
+    events_record(
+        events=[
+            NewEvent(
+                email_id=email.pk,
+                event_type=EventType.FAILED if give_up else EventType.DEFERRED,
+                recipient=email.recipient,
+                description=_LEASE_EXPIRED,
+            )
+        ]
+    )
+    return True
 
 
 def _repair_drains(result: SweepResult) -> None:
