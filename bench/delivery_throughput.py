@@ -74,6 +74,7 @@ def main() -> None:
     os.environ["EMAIL_PROVIDERS"] = args.provider
 
     from bench.lib.database import lock_scratch
+    from bench.lib.procs import database_cpu_seconds
 
     # Held until the process exits: `make bench` uses the same scratch database and Redis DB.
     _lock = lock_scratch([DATABASE_URL, os.environ["REDIS_URL"]])
@@ -143,10 +144,11 @@ def main() -> None:
                 ],
             )
         accepted = time.perf_counter() - started
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, db_cpu = time.perf_counter(), time.process_time(), database_cpu_seconds()
         run_worker()
         elapsed = time.perf_counter() - started
-        results.append(("batch", args.batch, accepted, elapsed, time.process_time() - cpu))
+        cpu, db_cpu = time.process_time() - cpu, database_cpu_seconds() - db_cpu
+        results.append(("batch", args.batch, accepted, elapsed, cpu, db_cpu))
 
     if args.single:
         started = time.perf_counter()
@@ -158,21 +160,23 @@ def main() -> None:
                 context={"name": "Single", "order": i, "items": []},
             )
         accepted = time.perf_counter() - started
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, db_cpu = time.perf_counter(), time.process_time(), database_cpu_seconds()
         run_worker()
         elapsed = time.perf_counter() - started
-        results.append(("single", args.single, accepted, elapsed, time.process_time() - cpu))
+        cpu, db_cpu = time.process_time() - cpu, database_cpu_seconds() - db_cpu
+        results.append(("single", args.single, accepted, elapsed, cpu, db_cpu))
 
     sent = EmailJob.objects.filter(status="sent").count()
     sink.terminate()
     sink.wait()
     print(f"provider={args.provider} database={settings.DATABASES['default']['ENGINE']}")
-    for mode, count, accepted, elapsed, cpu in results:
+    for mode, count, accepted, elapsed, cpu, db_cpu in results:
         print(
             f"{mode:>6}: {count} emails accepted in {accepted:.2f}s "
             f"({count / accepted:.0f}/s), delivered by one worker in {elapsed:.2f}s "
             f"({count / elapsed:.0f} emails/s, {elapsed / count * 1000:.2f} ms/email, "
-            f"worker CPU {cpu / count * 1000:.2f} ms/email)"
+            f"worker CPU {cpu / count * 1000:.2f} ms/email, "
+            f"PostgreSQL CPU {db_cpu / count * 1000:.2f} ms/email)"
         )
     print(f"sent: {sent} of {args.batch + args.single}")
 
