@@ -90,7 +90,7 @@ class TemplateRenderInputSerializer(StrictSerializer):
 
 
 class TemplateRenderOutputSerializer(serializers.Serializer):
-    """Rendered parts."""
+    """A template rendered with a context: subject, HTML and text."""
 
     subject = serializers.CharField()
     html = serializers.CharField()
@@ -106,7 +106,7 @@ class TemplatesApi(ScopedApiView):
         responses={200: TemplateOutputSerializer(many=True)}, operation_id="templates_list"
     )
     def get(self, request: Request) -> Response:
-        """All templates."""
+        """Every template, by slug, with its versions."""
         return Response(TemplateOutputSerializer(template_list(), many=True).data)
 
     @extend_schema(
@@ -139,7 +139,7 @@ class TemplateDetailApi(ScopedApiView):
 
     @extend_schema(responses={200: TemplateOutputSerializer})
     def get(self, request: Request, slug: str) -> Response:
-        """One template."""
+        """One template with its versions, or 404."""
         return Response(TemplateOutputSerializer(template_get(slug=slug)).data)
 
     @extend_schema(request=TemplateInputSerializer, responses={200: TemplateOutputSerializer})

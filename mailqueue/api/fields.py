@@ -38,7 +38,7 @@ class AddressField(serializers.Field):
         return address
 
     def to_representation(self, value: str) -> str:
-        """As stored."""
+        """The address exactly as it was stored (display name included)."""
         return value
 
 
@@ -54,7 +54,7 @@ class AddressListField(serializers.Field):
             raise serializers.ValidationError(f"{exc.field}: {exc.message}") from None
 
     def to_representation(self, value: list[str]) -> list[str]:
-        """As stored."""
+        """The addresses exactly as they were stored."""
         return value
 
 
