@@ -61,6 +61,8 @@ class EmailStatus(models.TextChoices):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Every recipient is on the suppression list: no provider was contacted.
+    SUPPRESSED = "suppressed"
 
 
 class Client(models.Model):
@@ -209,9 +211,23 @@ class EmailJob(models.Model):
     error_group = models.CharField(max_length=64, blank=True, default="")
     rq_job_id = models.CharField(max_length=100, blank=True, default="")
 
+    # Non-transactional email (a topic, or transactional=False) carries the unsubscribe headers
+    # and is stopped by unsubscribes; transactional email only by bounces, complaints, manual.
+    topic = models.CharField(max_length=100, blank=True, default="")
+    transactional = models.BooleanField(default=True)
+    # Our own open/click tracking (resolved when accepted: request, template, then settings).
+    track_opens = models.BooleanField(default=False)
+    track_clicks = models.BooleanField(default=False)
+
     provider = models.CharField(max_length=50, blank=True, default="")
     message_id = models.CharField(max_length=998, blank=True, default="")
     sent_at = models.DateTimeField(null=True, blank=True)
+    # The first time each happened (from ESP webhooks or our own tracking), null when never.
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+    bounced_at = models.DateTimeField(null=True, blank=True)
+    complained_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -249,6 +265,10 @@ class EmailJob(models.Model):
                 name="email_failed_group_created",
                 condition=models.Q(status="failed"),
             ),
+            # ESP webhooks find their emails by the provider's message id.
+            models.Index(
+                fields=["message_id"], name="email_message_id", condition=~models.Q(message_id="")
+            ),
         ]
 
     def __str__(self) -> str:
@@ -278,7 +298,10 @@ class DeliveryAttempt(models.Model):
         TRANSIENT = "transient", "transient error"
         PERMANENT = "permanent", "permanent error"
 
-    email = models.ForeignKey(EmailJob, on_delete=models.CASCADE, related_name="delivery_attempts")
+    # No index of its own: `attempt_email_time` starts with it.
+    email = models.ForeignKey(
+        EmailJob, on_delete=models.CASCADE, related_name="delivery_attempts", db_index=False
+    )
     number = models.PositiveSmallIntegerField()
     provider = models.CharField(max_length=50)
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
@@ -343,3 +366,57 @@ class CapturedMessage(models.Model):
 
     def __str__(self) -> str:
         return self.subject or self.message_id
+
+
+class SuppressionReason(models.TextChoices):
+    """Why an address is not sent to."""
+
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+    MANUAL = "manual"
+
+
+class Suppression(models.Model):
+    """An address Mailqueue must not send to.
+
+    Hard bounces and complaints protect the reputation every client shares: they have no client
+    and stop every client's email. Unsubscribes and manual entries belong to one client; an
+    unsubscribe may name a topic (empty: everything non-transactional).
+    """
+
+    # A bare addr-spec, lowercased.
+    address = models.CharField(max_length=320)
+    reason = models.CharField(max_length=20, choices=SuppressionReason.choices)
+    client = models.ForeignKey(
+        Client, null=True, blank=True, on_delete=models.CASCADE, related_name="suppressions"
+    )
+    topic = models.CharField(max_length=100, blank=True, default="")
+    source_event = models.ForeignKey(
+        "tracking.TrackingEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "suppressions"
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["address", "client", "topic", "reason"],
+                condition=models.Q(client__isnull=False),
+                name="suppression_unique_per_client",
+            ),
+            models.UniqueConstraint(
+                fields=["address", "topic", "reason"],
+                condition=models.Q(client__isnull=True),
+                name="suppression_unique_service_wide",
+            ),
+        ]
+        indexes = [
+            # What a worker asks before sending: are any of these addresses suppressed?
+            models.Index(fields=["address"], name="suppression_address"),
+            models.Index(fields=["client", "-created_at"], name="suppression_client_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.reason})"

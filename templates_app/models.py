@@ -20,6 +20,9 @@ class EmailTemplate(models.Model):
         default=dict, blank=True, help_text="Example context used for previews."
     )
     is_active = models.BooleanField(default=True)
+    # Open and click tracking for emails from this template; null: MAILQUEUE_TRACK_* decide.
+    track_opens = models.BooleanField(null=True, blank=True)
+    track_clicks = models.BooleanField(null=True, blank=True)
     # Number of the current EmailTemplateVersion (0 before the first save).
     version = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

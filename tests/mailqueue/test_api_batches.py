@@ -12,7 +12,16 @@ from mailqueue.scheduling import get_scheduler
 from tests.helpers import queue_lengths, run_worker
 
 BATCHES = "/api/v1/batches/"
-ALL_STATUSES = {"scheduled", "queued", "sending", "retrying", "sent", "failed", "cancelled"}
+ALL_STATUSES = {
+    "scheduled",
+    "queued",
+    "sending",
+    "retrying",
+    "sent",
+    "failed",
+    "cancelled",
+    "suppressed",
+}
 
 
 def recipients(count: int) -> list[dict]:
