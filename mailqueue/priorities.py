@@ -11,3 +11,9 @@ LOW = "low"
 
 # Workers drain the queues in this order (the documented command is `rqworker high default low`).
 QUEUE_NAMES = (HIGH, DEFAULT, LOW)
+
+# Not a priority: deliveries of outbound webhooks. The worker class serves this queue right
+# after `high` (see mailqueue/worker.py), so `rqworker high default low` stays the command.
+WEBHOOKS = "webhooks"
+# The order a worker serves its queues in.
+SERVED_ORDER = (HIGH, WEBHOOKS, DEFAULT, LOW)

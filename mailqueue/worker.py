@@ -5,6 +5,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker
 
+from mailqueue.priorities import HIGH, WEBHOOKS
 from mailqueue.providers import close_all
 from mailqueue.services.delivery import send_pool_shutdown
 
@@ -16,6 +17,25 @@ class MailqueueWorker(SimpleWorker):
     boto3 clients) that the provider registry keeps open across emails, and costs milliseconds
     per job.
     """
+
+    def __init__(self, queues, *args, **kwargs) -> None:
+        """RQ's worker, also serving the `webhooks` queue right after `high` when it serves `high`.
+
+        So `rqworker high default low` stays the command, webhook deliveries never wait behind
+        a flood of `default` or `low` email, and never delay `high` email.
+        """
+        super().__init__(queues, *args, **kwargs)
+        names = [queue.name for queue in self.queues]
+        if HIGH in names and WEBHOOKS not in names:
+            webhooks = self.queue_class(
+                name=WEBHOOKS,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+            self.queues.insert(names.index(HIGH) + 1, webhooks)
+            self._ordered_queues = self.queues[:]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Drop a dead or stale database connection before each job, as Django does per request."""
