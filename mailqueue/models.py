@@ -420,3 +420,22 @@ class Suppression(models.Model):
 
     def __str__(self) -> str:
         return f"{self.address} ({self.reason})"
+
+
+class DkimKey(models.Model):
+    """A DKIM signing key kept in the admin: the `smtp` provider signs mail from `domain` with
+    it (keys in MAILQUEUE_DKIM_KEYS take precedence for the same domain)."""
+
+    domain = models.CharField(max_length=253, unique=True)
+    selector = models.CharField(max_length=63, default="mailqueue")
+    # PEM (PKCS#8 or PKCS#1) RSA private key; generated when added without one.
+    private_key = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "dkim_keys"
+        verbose_name = "DKIM key"
+        ordering = ["domain"]
+
+    def __str__(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"

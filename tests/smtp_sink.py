@@ -16,6 +16,8 @@ class Received:
     rcpt_tos: list[str]
     message: EmailMessage
     peer: tuple
+    # The bytes as received (signatures are checked over these, not a re-serialization).
+    raw: bytes = b""
 
 
 def _free_port() -> int:
@@ -67,6 +69,7 @@ class SmtpSink:
                 rcpt_tos=list(envelope.rcpt_tos),
                 message=message_from_bytes(envelope.content, policy=policy.default),
                 peer=session.peer,
+                raw=envelope.content,
             )
         )
         return "250 Message accepted for delivery"

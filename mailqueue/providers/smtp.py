@@ -8,15 +8,16 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends.smtp import EmailBackend
 from django.core.mail.message import sanitize_address
 
-from mailqueue import conf
+from mailqueue import conf, dkim
 from mailqueue.errors import DeliveryError
 from mailqueue.providers.base import BackendProvider, SendResult, delivery_error, message_id
 from mailqueue.providers.mime import fast_message_bytes
 
 
 class RecordingSmtpBackend(EmailBackend):
-    """Django's SMTP backend that keeps the recipients the server refused, and builds common
-    messages without the `email` package.
+    """Django's SMTP backend that keeps the recipients the server refused, builds common
+    messages without the `email` package, and signs them with DKIM where the sender's domain
+    has a key.
 
     Django drops `sendmail()`'s answer; when a server accepts the message for some recipients
     and refuses others, that answer is the only record of who will not get it.
@@ -37,6 +38,7 @@ class RecordingSmtpBackend(EmailBackend):
         data = fast_message_bytes(email_message)
         if data is None:
             data = email_message.message().as_bytes(linesep="\r\n")
+        data = dkim.sign(data, from_email)
         self.refused = self.connection.sendmail(from_email, recipients, data)
         return True
 
