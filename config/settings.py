@@ -9,7 +9,7 @@ from pathlib import Path
 
 import environ
 
-from mailqueue.priorities import QUEUE_NAMES
+from mailqueue.priorities import QUEUE_NAMES, WEBHOOKS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "mailqueue",
     "templates_app",
     "tracking",
+    "client_webhooks",
     "mailqueue.apps.MailqueueAdminConfig",  # django.contrib.admin with our AdminSite
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -103,7 +104,7 @@ RQ_QUEUES = {
         # Fail fast when Redis is unreachable instead of hanging a request or the scheduler.
         "CONNECTION_KWARGS": {"socket_connect_timeout": 5, "health_check_interval": 30},
     }
-    for name in QUEUE_NAMES
+    for name in (*QUEUE_NAMES, WEBHOOKS)
 }
 RQ = {
     # Workers run jobs in their own process (no fork per job) so SMTP/HTTP connections to
@@ -182,6 +183,7 @@ ANYMAIL = {
 _MAILQUEUE_VARIABLES = {
     "EMAIL_PROVIDERS": env.list,
     "MAILQUEUE_RELEASE_PROVIDERS": env.list,
+    "MAILQUEUE_DKIM_KEYS": env.list,
     "MAILQUEUE_MAX_ATTEMPTS": env.int,
     "MAILQUEUE_RETRY_BASE_SECONDS": env.float,
     "MAILQUEUE_RETRY_MAX_SECONDS": env.float,
@@ -198,6 +200,14 @@ _MAILQUEUE_VARIABLES = {
     "MAILQUEUE_API_THROTTLE_RATE": env.str,
     "MAILQUEUE_ALLOWED_HEADERS": env.list,
     "MAILQUEUE_ALLOW_X_HEADERS": env.bool,
+    "MAILQUEUE_SNS_TOPIC_ARNS": env.list,
+    "MAILQUEUE_WEBHOOK_ALLOW_PRIVATE": env.bool,
+    "MAILQUEUE_WEBHOOK_DISABLE_AFTER": env.int,
+    "MAILQUEUE_UNSUBSCRIBE_MAILTO": env.str,
+    "MAILQUEUE_PUBLIC_URL": env.str,
+    "MAILQUEUE_TRACK_OPENS": env.bool,
+    "MAILQUEUE_TRACK_CLICKS": env.bool,
+    "MAILQUEUE_TRACK_STORE_IP": env.bool,
 }
 for _name, _parse in _MAILQUEUE_VARIABLES.items():
     if _name in env.ENVIRON:

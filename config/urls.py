@@ -8,6 +8,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from mailqueue.health import health
+from mailqueue.unsubscribe import UnsubscribeView
+from tracking.engagement_views import click_redirect, open_pixel
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -26,6 +28,14 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("health/", health, name="health"),
+    # ESP tracking webhooks (ours store every event), then anymail's others (inbound).
+    path("webhooks/", include("tracking.urls")),
+    path("webhooks/", include("anymail.urls")),
+    # Our own open and click tracking: public, the signed token is the authority.
+    path("t/o/<str:token>/", open_pixel, name="tracking-open"),
+    path("t/c/<str:token>/", click_redirect, name="tracking-click"),
+    # RFC 8058 one-click unsubscribe: public, the signed token is the authority.
+    path("u/<str:token>/", UnsubscribeView.as_view(), name="unsubscribe"),
     path("django-rq/", include("django_rq.urls")),
 ]
 

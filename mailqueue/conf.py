@@ -90,6 +90,11 @@ def smtp_settings() -> dict:
     return get_setting("MAILQUEUE_SMTP", default, _mapping)
 
 
+def dkim_keys() -> list[str]:
+    """DKIM keys of the smtp provider, `domain:selector:/path/to/key.pem` each."""
+    return get_setting("MAILQUEUE_DKIM_KEYS", [], _names)
+
+
 def smtp_timeout() -> float:
     """Seconds before an SMTP connect or command times out (the EMAIL_TIMEOUT variable)."""
     return get_setting("MAILQUEUE_SMTP_TIMEOUT", 30.0, float, minimum=0)
@@ -178,6 +183,66 @@ def allowed_headers() -> set[str]:
 def allow_x_headers() -> bool:
     """Whether any `X-` header may be set besides the allowed ones."""
     return get_setting("MAILQUEUE_ALLOW_X_HEADERS", True, _boolean)
+
+
+def _public_url(value: object) -> str:
+    """An absolute http(s) base URL without its trailing slash."""
+    url = str(value).strip().rstrip("/")
+    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+        raise ValueError("expected an absolute http:// or https:// URL")
+    return url
+
+
+def public_url() -> str:
+    """Base URL recipients reach this service at (tracking pixels and links, unsubscribe links),
+    without a trailing slash."""
+    return get_setting("MAILQUEUE_PUBLIC_URL", "http://localhost:8000", _public_url)
+
+
+def track_opens() -> bool:
+    """Whether emails track opens when neither the request nor the template says."""
+    return get_setting("MAILQUEUE_TRACK_OPENS", False, _boolean)
+
+
+def track_clicks() -> bool:
+    """Whether emails track clicks when neither the request nor the template says."""
+    return get_setting("MAILQUEUE_TRACK_CLICKS", False, _boolean)
+
+
+def track_store_ip() -> bool:
+    """Whether open and click events keep the client's IP address (off: privacy by default)."""
+    return get_setting("MAILQUEUE_TRACK_STORE_IP", False, _boolean)
+
+
+def _mailto(value: object) -> str:
+    """A bare email address (no mailto: prefix), or "" for none."""
+    address = str(value or "").strip().removeprefix("mailto:")
+    if address and (parseaddr(address)[1] != address or "@" not in address):
+        raise ValueError("expected one bare email address such as unsubscribe@example.com")
+    return address
+
+
+def unsubscribe_mailto() -> str:
+    """Address whose mailbox handles unsubscribe emails, added to List-Unsubscribe as a
+    `<mailto:...>`; empty (the default): only the one-click https link is offered."""
+    return get_setting("MAILQUEUE_UNSUBSCRIBE_MAILTO", "", _mailto)
+
+
+def webhook_allow_private() -> bool:
+    """Whether outbound webhooks may use plain http and private, loopback or link-local
+    addresses (development and tests only: off, they must be https to a public address)."""
+    return get_setting("MAILQUEUE_WEBHOOK_ALLOW_PRIVATE", False, _boolean)
+
+
+def webhook_disable_after() -> int:
+    """Failed webhook attempts in a row after which an endpoint is disabled."""
+    return get_setting("MAILQUEUE_WEBHOOK_DISABLE_AFTER", 20, int, minimum=1)
+
+
+def sns_topic_arns() -> list[str]:
+    """Amazon SNS topics whose notifications the SES webhook accepts; empty (the default)
+    refuses every SNS message, since anyone can point their own topic at the URL."""
+    return get_setting("MAILQUEUE_SNS_TOPIC_ARNS", [], _names)
 
 
 def default_from_email() -> str:

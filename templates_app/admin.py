@@ -120,6 +120,8 @@ class EmailTemplateForm(TemplateSampleForm, forms.ModelForm):
             "text",
             "variables",
             "sample_context",
+            "track_opens",
+            "track_clicks",
         )
         widgets = {
             "subject": forms.TextInput(
@@ -179,6 +181,14 @@ class EmailTemplateAdmin(admin.ModelAdmin):
         (None, {"fields": ("slug", "name", "is_active")}),
         ("Content", {"fields": ("subject", "html", "text")}),
         ("Variables", {"fields": ("variables", "sample_context")}),
+        (
+            "Tracking",
+            {
+                "fields": ("track_opens", "track_clicks"),
+                "description": "Unknown: the MAILQUEUE_TRACK_OPENS / MAILQUEUE_TRACK_CLICKS "
+                "settings decide; a request's own track_opens / track_clicks wins.",
+            },
+        ),
         (None, {"fields": ("version", "created_at", "updated_at")}),
     )
 
@@ -198,7 +208,7 @@ class EmailTemplateAdmin(admin.ModelAdmin):
     ) -> tuple[tuple[Any, dict[str, Any]], ...]:
         """Without the version and timestamps until the template exists."""
         if obj is None:
-            return self.fieldsets[:3]
+            return self.fieldsets[:4]
         return self.fieldsets
 
     def get_urls(self) -> list:

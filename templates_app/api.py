@@ -44,6 +44,9 @@ class TemplateInputSerializer(StrictSerializer):
     variables = TemplateVariablesField(required=False, default=list)
     sample_context = JSONObjectField(required=False, default=dict)
     is_active = serializers.BooleanField(required=False, default=True)
+    # Open/click tracking of emails from this template; null: MAILQUEUE_TRACK_* decide.
+    track_opens = serializers.BooleanField(required=False, allow_null=True, default=None)
+    track_clicks = serializers.BooleanField(required=False, allow_null=True, default=None)
 
     def validate(self, attrs: dict) -> dict:
         """A template needs at least one body (only checked when both are known)."""
@@ -76,6 +79,8 @@ class TemplateOutputSerializer(serializers.ModelSerializer):
             "variables",
             "sample_context",
             "is_active",
+            "track_opens",
+            "track_clicks",
             "version",
             "versions",
             "created_at",

@@ -124,6 +124,7 @@ def template_version_diff(*, template: EmailTemplate, number: int) -> TemplateVe
 # Every templated send runs this lookup: one hand-written query for the template and its
 # current version, where the ORM needs two queries that each cost more CPU to build than
 # PostgreSQL spends answering them.
+# In the model's field order, as Model.from_db expects.
 _ACTIVE_TEMPLATE_FIELDS = [
     "id",
     "slug",
@@ -131,13 +132,15 @@ _ACTIVE_TEMPLATE_FIELDS = [
     "subject",
     "variables",
     "is_active",
+    "track_opens",
+    "track_clicks",
     "version",
     "created_at",
     "updated_at",
 ]
 _ACTIVE_TEMPLATE_SQL = (
-    "SELECT t.id, t.slug, t.name, t.subject, t.variables, t.is_active, t.version, "
-    "t.created_at, t.updated_at, v.id, v.subject "
+    "SELECT t.id, t.slug, t.name, t.subject, t.variables, t.is_active, t.track_opens, "
+    "t.track_clicks, t.version, t.created_at, t.updated_at, v.id, v.subject "
     "FROM email_templates t LEFT JOIN email_template_versions v "
     "ON v.template_id = t.id AND v.number = t.version "
     "WHERE t.slug = %s AND t.is_active"

@@ -9,7 +9,17 @@ from mailqueue.errors import TemplateRenderError, ValidationFailed
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.rendering import RenderedContent, compile_part, render_content
 
-TEMPLATE_FIELDS = ("name", "subject", "html", "text", "variables", "sample_context", "is_active")
+TEMPLATE_FIELDS = (
+    "name",
+    "subject",
+    "html",
+    "text",
+    "variables",
+    "sample_context",
+    "is_active",
+    "track_opens",
+    "track_clicks",
+)
 
 
 def template_validate_sources(*, subject: str, html: str, text: str) -> None:

@@ -98,5 +98,7 @@ def test_env_example_shows_the_defaults(load_settings, settings):
 
 def test_rq_queues_are_the_priorities_highest_first(load_settings):
     """One RQ queue per priority, in the order workers drain them (the documented worker
-    command is `rqworker high default low`)."""
-    assert list(load_settings()["RQ_QUEUES"]) == Priority.values == ["high", "default", "low"]
+    command is `rqworker high default low`), then the outbound webhooks' queue, which the worker
+    class serves right after `high`."""
+    queues = list(load_settings()["RQ_QUEUES"])
+    assert queues == [*Priority.values, "webhooks"] == ["high", "default", "low", "webhooks"]

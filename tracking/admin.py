@@ -1,4 +1,5 @@
-"""Admin for tracking events: a read-only, append-only log."""
+"""Admin for tracking events: a read-only, append-only log, including ESP events that name no
+email we know (unlinked)."""
 
 from django.contrib import admin
 from django.db.models import Model, QuerySet
@@ -16,18 +17,29 @@ EVENT_LIST_FIELDS = (
     "event_type",
     "occurred_at",
     "provider",
+    "esp",
     "recipient",
     "email__id",
     "email__recipient",
     "email__status",
 )
 
+# What an ESP's webhook reported besides the common columns.
+ESP_FIELDS = (
+    "event_key",
+    "message_id",
+    "reject_reason",
+    "mta_response",
+    "click_url",
+    "user_agent",
+)
+
 
 @admin.register(TrackingEvent)
 class TrackingEventAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
-    """Events, newest first; filtered by type (indexed with the time)."""
+    """Events, newest first, linked or not; filtered by type (indexed with the time)."""
 
-    list_display = ("occurred_at", "event_type", "email_link", "provider", "recipient")
+    list_display = ("occurred_at", "event_type", "email_link", "provider", "esp", "recipient")
     list_display_links = ("occurred_at",)
     list_select_related = ("email",)
     # The date filter also allows the dashboard's `occurred_at__gte` links.
@@ -45,6 +57,14 @@ class TrackingEventAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         "recipient",
         "description",
         "data_display",
+        "esp",
+        "event_key",
+        "message_id",
+        "reject_reason",
+        "mta_response",
+        "click_url",
+        "user_agent",
+        "raw_display",
         "created_at",
     )
     readonly_fields = fields
@@ -55,7 +75,8 @@ class TrackingEventAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
             super()
             .get_queryset(request)
             .select_related("email")
-            .only(*EVENT_LIST_FIELDS, "description", "data", "created_at")
+            # `raw` (the ESP's whole payload) stays deferred: only a detail page loads it.
+            .only(*EVENT_LIST_FIELDS, *ESP_FIELDS, "description", "data", "created_at")
         )
 
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
@@ -63,8 +84,10 @@ class TrackingEventAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         return request.user.is_superuser
 
     @admin.display(description="email")
-    def email_link(self, obj: TrackingEvent) -> SafeString:
-        """The email the event belongs to."""
+    def email_link(self, obj: TrackingEvent) -> SafeString | str:
+        """The email the event belongs to, or a dash for an ESP event naming no known email."""
+        if obj.email_id is None:
+            return "— (unlinked)"
         return format_html(
             '<a href="{}">{}</a>',
             reverse("admin:mailqueue_emailjob_change", args=[obj.email_id]),
@@ -75,3 +98,8 @@ class TrackingEventAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
     def data_display(self, obj: TrackingEvent) -> SafeString:
         """Provider data as indented JSON."""
         return pretty_json(obj.data)
+
+    @admin.display(description="ESP payload")
+    def raw_display(self, obj: TrackingEvent) -> SafeString:
+        """The ESP's own event as it was posted, as indented JSON."""
+        return pretty_json(obj.raw)

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from django.utils import timezone
 
+from client_webhooks.services import webhooks_dispatch
 from tracking.models import TrackingEvent
 
 
@@ -38,4 +39,7 @@ def events_record(*, events: Iterable[NewEvent]) -> list[TrackingEvent]:
         )
         for event in events
     ]
-    return TrackingEvent.objects.bulk_create(rows, batch_size=500)
+    rows = TrackingEvent.objects.bulk_create(rows, batch_size=500)
+    # Outbound webhooks for the client's application (nothing while no client has an endpoint).
+    webhooks_dispatch(rows)
+    return rows

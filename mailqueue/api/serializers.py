@@ -17,7 +17,7 @@ from mailqueue.api.fields import (
 from mailqueue.errors import ValidationFailed
 from mailqueue.models import Batch, DeliveryAttempt, EmailJob, EmailStatus, Priority
 from mailqueue.validation import validate_headers
-from tracking.models import TrackingEvent
+from tracking.models import EventType, TrackingEvent
 
 
 class SharedFieldsMixin:
@@ -121,6 +121,11 @@ class EmailCreateInputSerializer(SharedFieldsMixin, StrictSerializer):
     metadata = JSONObjectField(required=False)
     headers = JSONObjectField(required=False)
     attachments = AttachmentInputSerializer(many=True, required=False)
+    topic = serializers.SlugField(required=False, max_length=100)
+    transactional = serializers.BooleanField(required=False, allow_null=True, default=None)
+    # Our own open/click tracking; null or absent: the template's choice, else the settings'.
+    track_opens = serializers.BooleanField(required=False, allow_null=True, default=None)
+    track_clicks = serializers.BooleanField(required=False, allow_null=True, default=None)
 
     def validate_to(self, value: list[str]) -> list[str]:
         """At least one To address."""
@@ -168,7 +173,21 @@ class TrackingEventOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TrackingEvent
-        fields = ["type", "occurred_at", "provider", "recipient", "description", "data"]
+        fields = [
+            "type",
+            "occurred_at",
+            "provider",
+            "recipient",
+            "description",
+            "data",
+            # Reported by an ESP's webhook (empty for events of our own).
+            "esp",
+            "message_id",
+            "reject_reason",
+            "mta_response",
+            "click_url",
+            "user_agent",
+        ]
 
 
 class DeliveryAttemptOutputSerializer(serializers.ModelSerializer):
@@ -235,7 +254,16 @@ class EmailDetailOutputSerializer(EmailListOutputSerializer):
     class Meta(EmailListOutputSerializer.Meta):
         fields = [
             *EmailListOutputSerializer.Meta.fields,
+            "topic",
+            "transactional",
+            "track_opens",
+            "track_clicks",
             "next_attempt_at",
+            "delivered_at",
+            "opened_at",
+            "clicked_at",
+            "bounced_at",
+            "complained_at",
             "events",
             "delivery_attempts",
         ]
@@ -250,6 +278,8 @@ class EmailListFilterSerializer(StrictSerializer):
     tag = serializers.CharField(required=False, max_length=100)
     created_after = AwareDateTimeField(required=False)
     created_before = AwareDateTimeField(required=False)
+    # Emails with at least one event of this type (e.g. `bounced`).
+    event = serializers.ChoiceField(choices=EventType.choices, required=False)
     cursor = serializers.CharField(required=False)
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
 
@@ -303,6 +333,11 @@ class BatchCreateInputSerializer(StrictSerializer):
     tags = serializers.ListField(
         child=SingleLineCharField(max_length=100), required=False, max_length=50
     )
+    topic = serializers.SlugField(required=False, max_length=100)
+    transactional = serializers.BooleanField(required=False, allow_null=True, default=None)
+    # Our own open/click tracking; null or absent: the template's choice, else the settings'.
+    track_opens = serializers.BooleanField(required=False, allow_null=True, default=None)
+    track_clicks = serializers.BooleanField(required=False, allow_null=True, default=None)
 
 
 class BatchOutputSerializer(serializers.ModelSerializer):

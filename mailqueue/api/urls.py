@@ -2,18 +2,32 @@
 
 from django.urls import path
 
+from client_webhooks import api as webhook_views
+from mailqueue.api import suppressions as suppression_views
 from mailqueue.api import views
 from templates_app import api as template_views
 
 app_name = "api"
 
 urlpatterns = [
+    path("webhooks/", webhook_views.WebhookEndpointsApi.as_view(), name="webhooks"),
+    path(
+        "webhooks/<uuid:endpoint_id>/",
+        webhook_views.WebhookEndpointDetailApi.as_view(),
+        name="webhook-detail",
+    ),
     path("emails/", views.EmailsApi.as_view(), name="emails"),
     path("emails/<uuid:email_id>/", views.EmailDetailApi.as_view(), name="email-detail"),
     path("emails/<uuid:email_id>/retry/", views.EmailRetryApi.as_view(), name="email-retry"),
     path("emails/<uuid:email_id>/cancel/", views.EmailCancelApi.as_view(), name="email-cancel"),
     path("batches/", views.BatchesApi.as_view(), name="batches"),
     path("batches/<uuid:batch_id>/", views.BatchDetailApi.as_view(), name="batch-detail"),
+    path("suppressions/", suppression_views.SuppressionsApi.as_view(), name="suppressions"),
+    path(
+        "suppressions/<str:address>/",
+        suppression_views.SuppressionDetailApi.as_view(),
+        name="suppression-detail",
+    ),
     path("templates/", template_views.TemplatesApi.as_view(), name="templates"),
     path(
         "templates/<slug:slug>/", template_views.TemplateDetailApi.as_view(), name="template-detail"

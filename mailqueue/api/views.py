@@ -108,7 +108,8 @@ class EmailsApi(ScopedApiView):
         operation_id="emails_list",
     )
     def get(self, request: Request) -> Response:
-        """Newest first, cursor-paginated, filtered by status, batch, to, tag and creation time."""
+        """Newest first, cursor-paginated, filtered by status, batch, to, tag, creation time and
+        event type."""
         filters = EmailListFilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         params = {

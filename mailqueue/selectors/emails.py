@@ -6,7 +6,7 @@ from datetime import datetime
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
 
 from mailqueue.models import Client, DeliveryAttempt, EmailJob
@@ -40,8 +40,9 @@ def email_list(
     tag: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    event: str | None = None,
 ) -> QuerySet[EmailJob]:
-    """A client's emails, newest first, filtered."""
+    """A client's emails, newest first, filtered (`event`: with at least one such event)."""
     queryset = EmailJob.objects.filter(client=client).select_related("template")
     if status:
         queryset = queryset.filter(status=status)
@@ -55,6 +56,10 @@ def email_list(
         queryset = queryset.filter(created_at__gte=created_after)
     if created_before:
         queryset = queryset.filter(created_at__lt=created_before)
+    if event:
+        # EXISTS per email, served by the (email, occurred_at) index of email_tracking.
+        events = TrackingEvent.objects.filter(email=OuterRef("pk"), event_type=event)
+        queryset = queryset.filter(Exists(events))
     return queryset
 
 

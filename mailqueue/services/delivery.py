@@ -25,8 +25,9 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 
-from mailqueue import conf
+from mailqueue import conf, priorities
 from mailqueue.db import select_columns, select_instances
+from mailqueue.dkim import keyring_refresh as dkim_keyring_refresh
 from mailqueue.errors import DeliveryError, MailqueueError
 from mailqueue.models import (
     CapturedMessage,
@@ -34,7 +35,6 @@ from mailqueue.models import (
     EmailAttachment,
     EmailJob,
     EmailStatus,
-    Priority,
 )
 from mailqueue.providers import (
     Provider,
@@ -53,10 +53,18 @@ from mailqueue.scheduling import (
     email_job_id,
     jobs_waiting,
 )
+from mailqueue.selectors.suppressions import email_suppressed_recipients, suppressions_for_emails
 from mailqueue.services.dead_letters import error_fields
 from mailqueue.services.outcomes import LEASE_LOST, Decision, decisions_record
+from mailqueue.services.suppressions import (
+    email_decide_suppressed,
+    email_suppression_events,
+    message_drop_recipients,
+)
+from mailqueue.unsubscribe import email_render_context, email_unsubscribe_headers
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.rendering import RenderedContent, render_content
+from tracking.engagement import content_track
 from tracking.models import EventType
 from tracking.services import NewEvent
 
@@ -147,7 +155,7 @@ _VERSIONS_KEPT = 256
 
 def _load_for_sending(emails: list[EmailJob]) -> None:
     """Attach what rendering and building needs, a query per kind for the whole chunk: template
-    versions (cached per process), unversioned templates, and attachments."""
+    versions (cached per process), unversioned templates, attachments, suppression entries."""
     wanted = {e.template_version_id for e in emails if e.template_version_id} - _versions.keys()
     if wanted:
         if len(_versions) + len(wanted) > _VERSIONS_KEPT:
@@ -169,6 +177,7 @@ def _load_for_sending(emails: list[EmailJob]) -> None:
             EmailJob.template.field.set_cached_value(email, templates[email.template_id])
         if not hasattr(email, "attachment_rows"):
             email.attachment_rows = attachments.get(email.pk, [])
+    suppressions_for_emails(emails=emails)
 
 
 def emails_claim(*, email_ids: list[str], job_id: str = "") -> list[EmailJob]:
@@ -230,7 +239,10 @@ def email_render(*, email: EmailJob) -> RenderedContent:
     source = email.template_version or email.template
     if source is not None:
         return render_content(
-            subject=source.subject, html=source.html, text=source.text, context=email.context
+            subject=source.subject,
+            html=source.html,
+            text=source.text,
+            context=email_render_context(email),
         )
     return RenderedContent(subject=email.subject, html=email.html, text=email.text)
 
@@ -242,7 +254,11 @@ def smtp_message_id(email_id: UUID) -> str:
 
 def email_build_message(*, email: EmailJob, content: RenderedContent) -> EmailMultiAlternatives:
     """The Django EmailMessage for an email, with our Message-ID and anymail tags/metadata."""
-    headers = {**email.headers, "Message-ID": f"<{smtp_message_id(email.pk)}>"}
+    headers = {
+        **email.headers,
+        **email_unsubscribe_headers(email),
+        "Message-ID": f"<{smtp_message_id(email.pk)}>",
+    }
     message = EmailMultiAlternatives(
         subject=content.subject,
         body=content.text or content.html,
@@ -263,7 +279,7 @@ def email_build_message(*, email: EmailJob, content: RenderedContent) -> EmailMu
         message.attach(attachment.filename, bytes(attachment.content), attachment.mimetype)
     # anymail passes these to ESPs that support them; other backends ignore them.
     message.tags = list(email.tags)
-    message.metadata = {**email.metadata, "mailqueue_id": str(email.pk)}
+    message.metadata = {**email.metadata, "mailqueue_email_id": str(email.pk)}
     message.mailqueue_email_id = email.pk
     return message
 
@@ -349,9 +365,20 @@ def email_decide(*, email: EmailJob) -> Decision:
     Safe to run in a send thread: it uses only the prefetched rows and this thread's providers.
     """
     number = email.attempts + 1
+    # Suppressed recipients are dropped before anything is built; none left: no provider call.
+    dropped = email_suppressed_recipients(email=email)
+    if dropped and (suppressed := email_decide_suppressed(email=email, dropped=dropped)):
+        return suppressed
     try:
         content = email_render(email=email)
-        message = email_build_message(email=email, content=content)
+        # Tracking changes only what is sent (the stored HTML stays as rendered); untracked
+        # email (the default) skips it entirely.
+        sent_content, links = (
+            content_track(email=email, content=content)
+            if email.track_opens or email.track_clicks
+            else (content, [])
+        )
+        message = email_build_message(email=email, content=sent_content)
     except MailqueueError as exc:
         # A template that cannot render will not render next time either: fail now.
         error = DeliveryError(
@@ -360,6 +387,8 @@ def email_decide(*, email: EmailJob) -> Decision:
         outcome = _Outcome(sent=False, error=error)
         outcome.tries.append(_try_row(email, number, "", timezone.now(), time.monotonic(), error))
         return _decide_failed(email=email, number=number, outcome=outcome, content=None)
+    if dropped:
+        message_drop_recipients(message=message, dropped=dropped)
     try:
         # An email may name its own providers (a released capture, say).
         providers = (
@@ -379,8 +408,14 @@ def email_decide(*, email: EmailJob) -> Decision:
         return _decide_wait_for_providers(email=email, providers=providers)
     outcome = _attempt(email, message, number, usable)
     if outcome.sent:
-        return _decide_sent(email=email, number=number, outcome=outcome, content=content)
-    return _decide_unsent(email=email, number=number, outcome=outcome, content=content)
+        decision = _decide_sent(email=email, number=number, outcome=outcome, content=content)
+        decision.events += email_suppression_events(email=email, dropped=dropped)
+        decision.links = links
+        return decision
+    decision = _decide_unsent(email=email, number=number, outcome=outcome, content=content)
+    # A provider may have taken the message before failing: its tracked links must work.
+    decision.links = links
+    return decision
 
 
 def _decide_unsent(
@@ -548,6 +583,7 @@ class DeliveryReport:
     rescheduled: int = 0
     lost: int = 0
     crashed: int = 0
+    suppressed: int = 0
 
     def count(self, status: str) -> None:
         """Count one email's recorded outcome."""
@@ -555,6 +591,7 @@ class DeliveryReport:
             EmailStatus.SENT: "sent",
             EmailStatus.FAILED: "failed",
             EmailStatus.RETRYING: "retrying",
+            EmailStatus.SUPPRESSED: "suppressed",
             LEASE_LOST: "lost",
             CRASHED: "crashed",
         }[status]
@@ -666,6 +703,8 @@ def _deliver_claimed(
     `refill` claims more when the claimed emails are all handed out (a drain going on to its
     next chunk while the last sends of this one finish); it returns [] to stop.
     """
+    # Send threads never touch the database: the DKIM keys are loaded here (once a minute).
+    dkim_keyring_refresh()
     window = _SendWindow(claimed, report)
     try:
         while True:
@@ -745,7 +784,7 @@ def queue_drain(*, priority: str, job_id: str = "") -> DeliveryReport:
 
 def _higher_priority_waiting(priority: str) -> bool:
     """Whether a job waits on a queue that workers serve before this priority's."""
-    order = Priority.values
+    order = list(priorities.SERVED_ORDER)
     higher = order[: order.index(priority)] if priority in order else []
     try:
         return bool(higher) and jobs_waiting(higher) > 0

@@ -38,11 +38,13 @@ from mailqueue.scheduling import (
     email_job_prefix,
 )
 from mailqueue.services.dead_letters import error_fields
+from mailqueue.unsubscribe import check_unsubscribe_headers, email_is_transactional
 from mailqueue.validation import address_spec, check_recipient_count
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.rendering import render_subject
 from templates_app.selectors import template_get_active
 from templates_app.services import template_check_context, template_current_version
+from tracking.engagement import tracking_flags
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
 
@@ -89,12 +91,19 @@ def _email_new(
     to: Sequence[str],
     tags: Sequence[str],
     from_email: str | None,
+    topic: str = "",
+    transactional: bool | None = None,
     **fields,
 ) -> EmailJob:
     """An unsaved email, with what every way in fills the same way: normalised recipient
-    addresses, the attempts limit in force."""
+    addresses, the attempts limit in force, whether it is transactional (and may carry its own
+    List-Unsubscribe headers)."""
     to_addresses = [address_spec(address) for address in to]
+    transactional = email_is_transactional(topic=topic, transactional=transactional)
+    check_unsubscribe_headers(headers=fields.get("headers") or {}, transactional=transactional)
     return EmailJob(
+        topic=topic,
+        transactional=transactional,
         client=client,
         from_email=from_email or "",
         to=list(to),
@@ -173,6 +182,10 @@ def email_create(
     attachments: Iterable[AttachmentInput] = (),
     created_by_user: AbstractBaseUser | None = None,
     providers: Sequence[str] = (),
+    topic: str = "",
+    transactional: bool | None = None,
+    track_opens: bool | None = None,
+    track_clicks: bool | None = None,
 ) -> EmailJob:
     """Store one email in the outbox and ask for its delivery once the row is committed."""
     # Long only by its keywords: one per field a caller may set, passed on to the row.
@@ -209,6 +222,9 @@ def email_create(
         text=text or "",
         created_by_user=created_by_user,
         providers=list(providers),
+        topic=topic,
+        transactional=transactional,
+        **tracking_flags(track_opens=track_opens, track_clicks=track_clicks, template=template_obj),
     )
     if email.status == EmailStatus.SCHEDULED:
         email.rq_job_id = email_job_id(email.id)
@@ -254,6 +270,10 @@ def batch_create(
     send_at: datetime | None = None,
     tags: Sequence[str] = (),
     from_email: str | None = None,
+    topic: str = "",
+    transactional: bool | None = None,
+    track_opens: bool | None = None,
+    track_clicks: bool | None = None,
 ) -> Batch:
     """Store a batch and its emails in bulk; ask for a drain, or schedule its chunk jobs."""
     if not recipients:
@@ -268,6 +288,9 @@ def batch_create(
     template_version = template_current_version(template=template_obj)
     subjects = _batch_subjects(template_obj, template_version, shared_context, recipients)
     status = _initial_status(send_at, timezone.now())
+    tracking = tracking_flags(
+        track_opens=track_opens, track_clicks=track_clicks, template=template_obj
+    )
     batch = Batch.objects.create(
         client=client,
         template=template_obj,
@@ -293,6 +316,9 @@ def batch_create(
             context={**shared_context, **recipient.context},
             subject=subject,
             batch=batch,
+            topic=topic,
+            transactional=transactional,
+            **tracking,
         )
         for recipient, subject in zip(recipients, subjects, strict=True)
     ]
@@ -474,6 +500,8 @@ def captured_message_release(
         ],
         created_by_user=user,
         providers=providers,
+        track_opens=original.track_opens,
+        track_clicks=original.track_clicks,
     )
     CapturedMessage.objects.filter(pk=captured.pk).update(released_as=email)
     return email

@@ -3,9 +3,9 @@
 A worker holds at most a small group of outcomes before it writes them (see delivery.py); this
 module writes one group. On PostgreSQL it is one statement, one round trip: the UPDATE that
 checks each email is still this worker's (status `sending` and its claim token), the attempt,
-capture and event INSERTs, in data-modifying CTEs, so events exist only for the emails whose
-UPDATE matched. Other databases (SQLite for `make run`) take the same steps through the ORM in
-one transaction.
+capture, event and tracked-link INSERTs, in data-modifying CTEs, so events and tracked links
+exist only for the emails whose UPDATE matched. Other databases (SQLite for `make run`) take the
+same steps through the ORM in one transaction.
 """
 
 import logging
@@ -15,10 +15,11 @@ from functools import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
+from client_webhooks.services import webhooks_dispatch
 from mailqueue.db import column_list, json_dumps, json_recordset, json_rows, server_binding_cursor
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit
-from tracking.models import TrackingEvent
+from tracking.models import TrackedLink, TrackingEvent
 from tracking.services import NewEvent, events_record
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Decision:
     tries: list[DeliveryAttempt] = field(default_factory=list)
     events: list[NewEvent] = field(default_factory=list)
     captured: list[CapturedMessage] = field(default_factory=list)
+    links: list[TrackedLink] = field(default_factory=list)
     job: DeliveryJob | None = None
 
 
@@ -120,10 +122,16 @@ def _record_postgresql(decisions: list[Decision], now) -> set:
         json_dumps(json_rows(DeliveryAttempt, [row for d in decisions for row in d.tries])),
         json_dumps(json_rows(CapturedMessage, [row for d in decisions for row in d.captured])),
         json_dumps(json_rows(TrackingEvent, events)),
+        json_dumps(json_rows(TrackedLink, [row for d in decisions for row in d.links])),
     ]
     with server_binding_cursor() as cursor:
         cursor.execute(_statement(), params)
-        return {row[0] for row in cursor.fetchall()}
+        owned = {row[0] for row in cursor.fetchall()}
+    # Outbound webhooks (nothing at all while no client has an endpoint).
+    webhooks_dispatch(
+        [e for e in events if e.email_id in owned], emails={d.email.pk: d.email for d in decisions}
+    )
+    return owned
 
 
 @cache
@@ -139,9 +147,13 @@ def _statement() -> str:
         for name in _UPDATED_COLUMNS
     )
     inserts = []
-    for model in (DeliveryAttempt, CapturedMessage, TrackingEvent):
-        # Events are written only for the emails this worker still owned (`owned`).
-        where = " WHERE email_id IN (SELECT id FROM owned)" if model is TrackingEvent else ""
+    for model in (DeliveryAttempt, CapturedMessage, TrackingEvent, TrackedLink):
+        # Events and tracked links are written only for the emails this worker still owned.
+        owned_only = model in (TrackingEvent, TrackedLink)
+        where = " WHERE email_id IN (SELECT id FROM owned)" if owned_only else ""
+        if model is TrackedLink:
+            # A message sent again (delivery is at least once) has the same links.
+            where += " ON CONFLICT (email_id, position) DO NOTHING"
         inserts.append(
             f", {model._meta.model_name} AS (INSERT INTO {quote(model._meta.db_table)} "
             f"{column_list(model)} SELECT * FROM {json_recordset(model, 'new_row')}{where})"
@@ -176,4 +188,7 @@ def _record_with_orm(decisions: list[Decision], now) -> set:
         DeliveryAttempt.objects.bulk_create([row for d in decisions for row in d.tries])
         CapturedMessage.objects.bulk_create([row for d in decisions for row in d.captured])
         events_record(events=[event for d in owned for event in d.events])
+        TrackedLink.objects.bulk_create(
+            [row for d in owned for row in d.links], ignore_conflicts=True
+        )
     return {decision.email.pk for decision in owned}

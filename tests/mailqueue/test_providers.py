@@ -123,7 +123,7 @@ def test_postmark_sends_and_stores_postmark_message_id(postmark, send, work):
     assert body["TextBody"] == "Thanks"
     assert body["HtmlBody"] == "<p>Thanks</p>"
     assert body["Tag"] == "receipts"
-    assert body["Metadata"] == {"order": "42", "mailqueue_id": str(email.pk)}
+    assert body["Metadata"] == {"order": "42", "mailqueue_email_id": str(email.pk)}
 
 
 @pytest.mark.django_db

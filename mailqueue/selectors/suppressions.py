@@ -1,0 +1,77 @@
+"""Suppression reads: the API's list for one client, and what a worker asks before sending."""
+
+from collections.abc import Iterable
+
+from django.db.models import Q, QuerySet
+
+from mailqueue.models import Client, EmailJob, Suppression, SuppressionReason
+from mailqueue.validation import address_spec
+
+
+def suppression_list(
+    *, client: Client, reason: str | None = None, address: str | None = None
+) -> QuerySet[Suppression]:
+    """The client's own entries and the service-wide ones, newest first, filtered."""
+    queryset = Suppression.objects.filter(Q(client=client) | Q(client__isnull=True))
+    if reason:
+        queryset = queryset.filter(reason=reason)
+    if address:
+        queryset = queryset.filter(address=address_spec(address) or address.strip().lower())
+    return queryset
+
+
+def suppressions_for_emails(*, emails: list[EmailJob]) -> None:
+    """Attach to each email (as `suppression_rows`) the entries that name one of its recipients
+    and may apply to it: one query for the whole chunk, none for an email without recipients.
+
+    Which entries actually stop the email (topic, transactional) is decided by
+    `email_suppressed_recipients` in the send thread, without the database.
+    """
+    addresses = set()
+    for email in emails:
+        addresses.update(_recipient_specs(email))
+    rows: dict[str, list[Suppression]] = {}
+    if addresses:
+        client_ids = {email.client_id for email in emails}
+        entries = Suppression.objects.filter(
+            Q(client__isnull=True) | Q(client_id__in=client_ids), address__in=addresses
+        ).only("address", "reason", "client_id", "topic")
+        for entry in entries:
+            rows.setdefault(entry.address, []).append(entry)
+    for email in emails:
+        email.suppression_rows = [
+            entry for spec in _recipient_specs(email) for entry in rows.get(spec, ())
+        ]
+
+
+def _recipient_specs(email: EmailJob) -> set[str]:
+    return {address_spec(a) for a in (*email.to, *email.cc, *email.bcc)} - {""}
+
+
+def _applies(entry: Suppression, email: EmailJob) -> bool:
+    """Whether one entry stops this email: its client's (or service-wide), its topic (or every
+    topic), and, for an unsubscribe, only non-transactional email."""
+    if entry.client_id is not None and entry.client_id != email.client_id:
+        return False
+    if entry.topic and entry.topic != email.topic:
+        return False
+    return entry.reason != SuppressionReason.UNSUBSCRIBE or not email.transactional
+
+
+def email_suppressed_recipients(*, email: EmailJob) -> dict[str, str]:
+    """Recipients of a claimed email that must be dropped, each with the reason (bare,
+    lowercased addresses); reads only the entries attached with the claim."""
+    dropped: dict[str, str] = {}
+    for entry in _attached(email):
+        if entry.address not in dropped and _applies(entry, email):
+            dropped[entry.address] = entry.reason
+    return dropped
+
+
+def _attached(email: EmailJob) -> Iterable[Suppression]:
+    rows = getattr(email, "suppression_rows", None)
+    if rows is None:
+        # Not loaded with a claim (an email delivered on its own): ask now.
+        suppressions_for_emails(emails=[email])
+        rows = email.suppression_rows
+    return rows
