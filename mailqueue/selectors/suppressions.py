@@ -27,9 +27,8 @@ def suppressions_for_emails(*, emails: list[EmailJob]) -> None:
     Which entries actually stop the email (topic, transactional) is decided by
     `email_suppressed_recipients` in the send thread, without the database.
     """
-    addresses = set()
-    for email in emails:
-        addresses.update(_recipient_specs(email))
+    specs = {email.pk: _recipient_specs(email) for email in emails}
+    addresses = set().union(*specs.values())
     rows: dict[str, list[Suppression]] = {}
     if addresses:
         client_ids = {email.client_id for email in emails}
@@ -39,13 +38,18 @@ def suppressions_for_emails(*, emails: list[EmailJob]) -> None:
         for entry in entries:
             rows.setdefault(entry.address, []).append(entry)
     for email in emails:
-        email.suppression_rows = [
-            entry for spec in _recipient_specs(email) for entry in rows.get(spec, ())
-        ]
+        email.suppression_rows = (
+            [entry for spec in specs[email.pk] for entry in rows.get(spec, ())] if rows else []
+        )
 
 
 def _recipient_specs(email: EmailJob) -> set[str]:
-    return {address_spec(a) for a in (*email.to, *email.cc, *email.bcc)} - {""}
+    # `to_addresses` holds the `to` addresses already normalized when the email was accepted:
+    # parsing addresses costs more than the lookup itself, so only cc and bcc are parsed.
+    specs = set(email.to_addresses or (address_spec(a) for a in email.to))
+    if email.cc or email.bcc:
+        specs.update(address_spec(a) for a in (*email.cc, *email.bcc))
+    return specs - {""}
 
 
 def _applies(entry: Suppression, email: EmailJob) -> bool:

@@ -8,6 +8,7 @@ import django_rq
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.core.management.base import SystemCheckError
 from rest_framework.test import APIClient
 
 from mailqueue.models import ApiKey, CapturedMessage, EmailJob, EmailStatus
@@ -249,3 +250,23 @@ def test_scheduler_releases_only_its_own_lock():
     assert redis_connection().get(first.scheduler_lock_key) == second.name.encode()
     second.remove_lock()
     assert redis_connection().get(first.scheduler_lock_key) is None
+
+
+def test_rqworker_refuses_to_start_without_a_provider(settings):
+    """The worker still runs Mailqueue's own checks (not the web side's URL checks): with no
+    provider and DEBUG off it stops before taking a job."""
+    settings.EMAIL_PROVIDERS = []
+    settings.DEBUG = False
+
+    with pytest.raises(SystemCheckError, match=r"mailqueue\.E001"):
+        call_command("rqworker", "high", "default", "low", "--burst", skip_checks=False)
+
+
+def test_rqworker_skips_the_url_checks():
+    """Loading every view (admin, API schema, webhook signature libraries) is not a worker's job."""
+    from django.core.checks import Tags
+
+    from mailqueue.management.commands.rqworker import Command
+
+    assert Tags.urls not in Command.requires_system_checks
+    assert Tags.compatibility in Command.requires_system_checks
