@@ -21,7 +21,7 @@ from typing import Any
 
 import django_rq
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -276,6 +276,29 @@ def webhook_deliveries_enqueue(delivery_ids: list[int], *, run_at: datetime | No
             )
 
 
+# A pending delivery this late has lost its job (Redis flushed, or down when it was enqueued).
+LOST_AFTER_SECONDS = 300
+
+
+def webhook_deliveries_requeue_lost(*, limit: int = 5000) -> int:
+    """Enqueue again the pending deliveries overdue by more than LOST_AFTER_SECONDS (the
+    sweeper's pass); returns how many. Their due time moves to now, so the next pass leaves
+    them alone while the new job runs."""
+    now = timezone.now()
+    ids = list(
+        WebhookDelivery.objects.filter(
+            status=WebhookDeliveryStatus.PENDING,
+            next_attempt_at__lt=now - timedelta(seconds=LOST_AFTER_SECONDS),
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if ids:
+        WebhookDelivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
+        webhook_deliveries_enqueue(ids)
+    return len(ids)
+
+
 def webhook_deliveries_enqueue_on_commit(delivery_ids: list[int]) -> None:
     """Enqueue the deliveries' job after the current transaction commits (logged if Redis is
     down: the deliveries stay pending, and an admin replay sends them)."""
@@ -318,12 +341,16 @@ def _attempt(delivery: WebhookDelivery) -> WebhookAnswer:
 
 def webhook_deliveries_attempt(*, delivery_ids: list[int]) -> dict[str, int]:
     """Attempt the pending deliveries among the ids once each; log each attempt, schedule the
-    retries, disable endpoints that failed too often in a row. Returns counts per outcome."""
-    deliveries = list(
-        WebhookDelivery.objects.filter(pk__in=delivery_ids, status=WebhookDeliveryStatus.PENDING)
-        .select_related("endpoint")
-        .order_by("id")
+    retries, disable endpoints that failed too often in a row. Returns counts per outcome.
+
+    Only deliveries that are due: a second job for a delivery (the sweeper re-enqueued it while
+    its first job was only late) finds it done or waiting for its retry, and does nothing.
+    """
+    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now())
+    pending = WebhookDelivery.objects.filter(
+        due, pk__in=delivery_ids, status=WebhookDeliveryStatus.PENDING
     )
+    deliveries = list(pending.select_related("endpoint").order_by("id"))
     counts = {"delivered": 0, "retrying": 0, "failed": 0}
     attempts: list[WebhookAttempt] = []
     retries: dict[int, list[int]] = {}

@@ -13,6 +13,7 @@ from uuid import uuid4
 from django.db import transaction
 from django.utils import timezone
 
+from client_webhooks.services import webhook_deliveries_requeue_lost
 from mailqueue import conf
 from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus, IdempotencyRecord, Priority
 from mailqueue.scheduling import (
@@ -44,6 +45,7 @@ class SweepResult:
     reclaimed: int = 0
     failed: int = 0
     idempotency_keys_expired: int = 0
+    webhook_deliveries: int = 0
 
     @property
     def total(self) -> int:
@@ -54,16 +56,19 @@ class SweepResult:
         return (
             f"requeued={self.requeued} drains={self.drains} reclaimed={self.reclaimed} "
             f"failed={self.failed} "
-            f"idempotency_keys_expired={self.idempotency_keys_expired}"
+            f"idempotency_keys_expired={self.idempotency_keys_expired} "
+            f"webhook_deliveries={self.webhook_deliveries}"
         )
 
 
 def emails_sweep() -> SweepResult:
-    """Take back expired leases, re-enqueue emails whose job Redis lost, expire old keys."""
+    """Take back expired leases, re-enqueue emails and webhook deliveries whose job Redis lost,
+    expire old keys."""
     result = SweepResult()
     _reclaim_expired_leases(result)
     _repair_drains(result)
     _requeue_lost_jobs(result)
+    result.webhook_deliveries = webhook_deliveries_requeue_lost()
     cutoff = timezone.now() - timedelta(hours=conf.idempotency_ttl_hours())
     result.idempotency_keys_expired, _ = IdempotencyRecord.objects.filter(
         created_at__lt=cutoff

@@ -3,7 +3,9 @@ retries and disabling, replays; a real local HTTP server receives them."""
 
 import hashlib
 import hmac
+from datetime import timedelta
 
+import django_rq
 import pytest
 from django.utils import timezone
 
@@ -14,6 +16,7 @@ from client_webhooks.models import (
     WebhookEndpoint,
 )
 from client_webhooks.services import (
+    LOST_AFTER_SECONDS,
     RETRY_DELAYS_SECONDS,
     webhook_deliveries_attempt,
     webhook_deliveries_replay,
@@ -22,7 +25,7 @@ from client_webhooks.services import (
 )
 from mailqueue.models import EmailJob
 from mailqueue.scheduling import get_scheduler
-from mailqueue.services import email_create
+from mailqueue.services import email_create, emails_sweep
 from tests.helpers import run_worker
 from tracking.services import NewEvent, events_record
 
@@ -142,6 +145,45 @@ def test_dispatch_costs_nothing_when_no_endpoint_exists(issued_key, django_asser
         assert webhooks_dispatch([{"email_id": email.pk, "type": "sent"}]) == 0
 
 
+def come_due(delivery: WebhookDelivery) -> None:
+    """Its retry time has come (instead of waiting for it)."""
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+
+
+def test_a_delivery_is_attempted_only_when_due_and_a_lost_one_is_enqueued_again(
+    issued_key, receiver, django_capture_on_commit_callbacks
+):
+    """A second job for a delivery waiting for its retry sends nothing; a pending delivery
+    whose job was lost (overdue) is enqueued again by the sweeper and then delivered."""
+    receiver.status = 500
+    webhook_endpoint_create(client=issued_key.api_key.client, url=receiver.url, events=["*"])
+    email = email_create(
+        client=issued_key.api_key.client, to=["ada@example.com"], subject="s", text="t"
+    )
+    events_record(events=[NewEvent(email_id=email.pk, event_type="delivered")])
+    delivery = WebhookDelivery.objects.get()
+    webhook_deliveries_attempt(delivery_ids=[delivery.pk])  # fails: retry scheduled
+
+    webhook_deliveries_attempt(delivery_ids=[delivery.pk])  # a duplicate job, too early
+    assert len(receiver.requests) == 1
+
+    receiver.status = 200
+    late = timezone.now() - timedelta(seconds=LOST_AFTER_SECONDS + 60)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=late)
+    django_rq.get_queue("webhooks").empty()
+    for job in list(get_scheduler().get_jobs()):  # the job is lost (a Redis flush, say)
+        get_scheduler().cancel(job)
+
+    # The queue enqueues on commit, as the sweeper's own pass (outside a transaction) does.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert emails_sweep().webhook_deliveries == 1
+    assert emails_sweep().webhook_deliveries == 0  # its new job is not late yet
+    run_worker("webhooks")
+    delivery.refresh_from_db()
+    assert delivery.status == WebhookDeliveryStatus.DELIVERED
+    assert len(receiver.requests) == 2
+
+
 def test_failing_endpoint_is_retried_then_disabled(issued_key, receiver, settings):
     """A 500 is retried later (each attempt logged); many in a row disable the endpoint."""
     settings.MAILQUEUE_WEBHOOK_DISABLE_AFTER = 3
@@ -168,8 +210,9 @@ def test_failing_endpoint_is_retried_then_disabled(issued_key, receiver, setting
     [job] = get_scheduler().get_jobs()
     assert job.origin == "webhooks" and job.args == ([delivery.pk],)
 
-    webhook_deliveries_attempt(delivery_ids=[delivery.pk])
-    webhook_deliveries_attempt(delivery_ids=[delivery.pk])
+    for _ in range(2):
+        come_due(delivery)
+        webhook_deliveries_attempt(delivery_ids=[delivery.pk])
 
     endpoint.refresh_from_db()
     assert endpoint.active is False and endpoint.disabled_at is not None
@@ -180,6 +223,7 @@ def test_failing_endpoint_is_retried_then_disabled(issued_key, receiver, setting
     )
     assert len(receiver.requests) == 3
     # Nothing more goes to a disabled endpoint.
+    come_due(delivery)
     webhook_deliveries_attempt(delivery_ids=[delivery.pk])
     delivery.refresh_from_db()
     assert delivery.status == WebhookDeliveryStatus.FAILED
