@@ -43,12 +43,28 @@ class WebhookTarget:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+# IPv6 ranges that carry an IPv4 address the packets go on to (or that nobody serves webhooks
+# from). Each is judged by the IPv4 address inside it, or refused outright.
+SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+# Local-use NAT64 (RFC 8215) and Teredo: refused whatever they wrap.
+REFUSED_TUNNELS = (ipaddress.ip_network("64:ff9b:1::/48"), ipaddress.ip_network("2001::/32"))
+
+
 def address_is_public(address: IPAddress) -> bool:
     """Whether an address is a public unicast one (not loopback, private, link-local, multicast,
-    reserved, unspecified, shared or metadata)."""
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
+    reserved, unspecified, shared or metadata), nor an IPv6 one that wraps an IPv4 address
+    which is not (IPv4-mapped, 6to4, NAT64) or that tunnels (Teredo, local-use NAT64)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in REFUSED_TUNNELS):
+            return False
+        # A gateway or the host's own stack turns these into packets to the IPv4 address
+        # inside, so `2002:7f00:1::` reaches 127.0.0.1 as surely as `::ffff:127.0.0.1`.
+        wrapped = address.ipv4_mapped or address.sixtofour
+        if wrapped is None and address in NAT64_WELL_KNOWN:
+            wrapped = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if wrapped is not None:
+            return address_is_public(wrapped)
     return not (
         address in METADATA_ADDRESSES
         or address.is_loopback

@@ -66,3 +66,18 @@ def check_providers(app_configs: object = None, **kwargs: object) -> list[CheckM
             )
         )
     return errors
+
+
+@register(Tags.compatibility)
+def check_public_url(app_configs: object = None, **kwargs: object) -> list[CheckMessage]:
+    """W002: in production, MAILQUEUE_PUBLIC_URL left at its local default."""
+    if settings.DEBUG or hasattr(settings, "MAILQUEUE_PUBLIC_URL"):
+        return []
+    return [
+        Warning(
+            "MAILQUEUE_PUBLIC_URL is not set: unsubscribe links and open/click tracking point "
+            f"at {conf.public_url()}, which recipients cannot reach.",
+            hint="Set MAILQUEUE_PUBLIC_URL to the https URL this service is reached at.",
+            id="mailqueue.W002",
+        )
+    ]

@@ -57,3 +57,17 @@ print(sorted(EmailJob.objects.values_list("status", flat=True)))
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "['sent', 'sent']"
+
+
+def test_production_without_a_public_url_is_warned(settings):
+    """W002: with DEBUG off and no MAILQUEUE_PUBLIC_URL, links in emails would point at
+    localhost; with it set, no warning."""
+    from mailqueue.checks import check_public_url
+
+    settings.DEBUG = False
+    if hasattr(settings, "MAILQUEUE_PUBLIC_URL"):
+        del settings.MAILQUEUE_PUBLIC_URL
+    assert [message.id for message in check_public_url()] == ["mailqueue.W002"]
+
+    settings.MAILQUEUE_PUBLIC_URL = "https://mail.example.com"
+    assert check_public_url() == []

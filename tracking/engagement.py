@@ -13,6 +13,7 @@ the position: a forged or altered token is refused, and a redirect target only e
 """
 
 import html
+import logging
 from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from uuid import UUID
@@ -24,11 +25,14 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
+from client_webhooks.services import webhooks_dispatch
 from mailqueue import conf
 from mailqueue.models import EmailJob
 from templates_app.models import EmailTemplate
 from templates_app.rendering import RenderedContent
 from tracking.models import EventType, TrackedLink, TrackingEvent
+
+logger = logging.getLogger(__name__)
 
 _OPEN_SALT = "mailqueue.tracking.open"
 _CLICK_SALT = "mailqueue.tracking.click"
@@ -220,7 +224,7 @@ def html_track(*, email_id: UUID, document: str, opens: bool, clicks: bool) -> T
     links: list[tuple[int, str]] = []
     if clicks:
         for offset, raw, href in scan.links:
-            url = href.strip()
+            url = _browser_url(href)
             span = _href_value_span(raw)
             if not _trackable(url, public_url) or span is None:
                 continue
@@ -244,6 +248,16 @@ def html_track(*, email_id: UUID, document: str, opens: bool, clicks: bool) -> T
     return TrackedHtml(html="".join(parts), links=links)
 
 
+def _browser_url(href: str) -> str:
+    """The URL a browser follows for this href: without tabs and newlines anywhere, and without
+    leading and trailing spaces and control characters (the WHATWG URL parser's first steps)."""
+    return href.translate(_TAB_NEWLINE).strip(_C0_AND_SPACE)
+
+
+_TAB_NEWLINE = {9: None, 10: None, 13: None}
+_C0_AND_SPACE = "".join(map(chr, range(33)))
+
+
 def content_track(
     *, email: EmailJob, content: RenderedContent
 ) -> tuple[RenderedContent, list[TrackedLink]]:
@@ -251,12 +265,18 @@ def content_track(
     TrackedLink rows of its rewritten links; no database access (runs in send threads)."""
     if not content.html or not (email.track_opens or email.track_clicks):
         return content, []
-    tracked = html_track(
-        email_id=email.pk,
-        document=content.html,
-        opens=email.track_opens,
-        clicks=email.track_clicks,
-    )
+    try:
+        tracked = html_track(
+            email_id=email.pk,
+            document=content.html,
+            opens=email.track_opens,
+            clicks=email.track_clicks,
+        )
+    except Exception:
+        # HTML the parser chokes on (conditional comments of Outlook, broken markup): send it
+        # as written, untracked, rather than fail an email over an add-on.
+        logger.warning("email %s: HTML not trackable, sent untracked", email.pk, exc_info=True)
+        return content, []
     rows = [
         TrackedLink(email_id=email.pk, position=position, url=url)
         for position, url in tracked.links
@@ -285,7 +305,7 @@ def _engagement_record(
         )
         if not updated:
             return False
-        TrackingEvent.objects.create(
+        event = TrackingEvent.objects.create(
             email_id=email_id,
             event_type=event_type,
             occurred_at=now,
@@ -294,6 +314,8 @@ def _engagement_record(
             click_url=url,
             data={"ip": ip} if ip and conf.track_store_ip() else {},
         )
+        # The client's outbound webhooks hear of opens and clicks like of every other event.
+        webhooks_dispatch([event])
     return True
 
 

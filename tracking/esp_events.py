@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from anymail.signals import AnymailTrackingEvent
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.db.models.functions import Coalesce, Least
 from django.utils import timezone
 
 from client_webhooks.services import webhooks_dispatch
+from mailqueue.db import column_list, json_dumps, json_recordset, json_rows, server_binding_cursor
 from mailqueue.models import Client, EmailJob, SuppressionReason
 from mailqueue.services.suppressions import NewSuppression, suppressions_add
 from tracking.models import EventType, TrackingEvent
@@ -283,15 +284,37 @@ def _suppressions(parsed: list[_Parsed], linked: dict[str, EmailJob]) -> list[Ne
     return entries
 
 
-@transaction.atomic
-def esp_events_record(*, esp: str, events: Sequence[AnymailTrackingEvent]) -> list[TrackingEvent]:
-    """Store an ESP webhook's events once each, link them to their emails, record the emails'
-    first delivery/open/click/bounce/complaint, add the suppressions they call for and send the
-    clients' outbound webhooks; returns the events stored by this call (a replayed event is not
-    stored again, nor returned)."""
-    parsed = _parse(esp, events, timezone.now())
-    if not parsed:
-        return []
+def _insert_new(esp: str, parsed: list[_Parsed]) -> list[_Parsed]:
+    """INSERT the events not stored yet, in one statement; the ones this call stored, with their
+    ids. An event stored before, or by a concurrent delivery of the same webhook, is not
+    returned: only the request that stored an event acts on it."""
+    if connection.vendor != "postgresql":
+        return _insert_new_with_orm(esp, parsed)
+    table = connection.ops.quote_name(TrackingEvent._meta.db_table)
+    # The conflict target is the partial unique index `tracking_esp_event_key`. A row that
+    # conflicts with one another transaction is writing waits for it, then is skipped.
+    sql = (
+        f"INSERT INTO {table} {column_list(TrackingEvent)} "  # noqa: S608 (quoted names only)
+        f"SELECT * FROM {json_recordset(TrackingEvent, 'new_row')} "
+        "ON CONFLICT (esp, event_key) WHERE event_key <> '' DO NOTHING RETURNING id, event_key"
+    )
+    with server_binding_cursor() as cursor:
+        cursor.execute(sql, [json_dumps(json_rows(TrackingEvent, [item.row for item in parsed]))])
+        stored = {event_key: pk for pk, event_key in cursor.fetchall()}
+    inserted = []
+    for item in parsed:
+        pk = stored.get(item.row.event_key)
+        if pk is not None:
+            item.row.pk = pk
+            item.row._state.adding = False
+            item.row._state.db = connection.alias
+            inserted.append(item)
+    return inserted
+
+
+def _insert_new_with_orm(esp: str, parsed: list[_Parsed]) -> list[_Parsed]:
+    """The same through the ORM (databases other than PostgreSQL, where SQLite lets one
+    transaction write at a time)."""
     keys = [item.row.event_key for item in parsed]
     seen = set(
         TrackingEvent.objects.filter(esp=esp, event_key__in=keys).values_list(
@@ -301,8 +324,6 @@ def esp_events_record(*, esp: str, events: Sequence[AnymailTrackingEvent]) -> li
     parsed = [item for item in parsed if item.row.event_key not in seen]
     if not parsed:
         return []
-    linked = _link(parsed)
-    # ON CONFLICT DO NOTHING: a replay racing this one is stored once.
     TrackingEvent.objects.bulk_create([item.row for item in parsed], ignore_conflicts=True)
     stored = dict(
         TrackingEvent.objects.filter(
@@ -311,6 +332,23 @@ def esp_events_record(*, esp: str, events: Sequence[AnymailTrackingEvent]) -> li
     )
     for item in parsed:
         item.row.pk = stored.get(item.row.event_key)
+    return parsed
+
+
+@transaction.atomic
+def esp_events_record(*, esp: str, events: Sequence[AnymailTrackingEvent]) -> list[TrackingEvent]:
+    """Store an ESP webhook's events once each, link them to their emails, record the emails'
+    first delivery/open/click/bounce/complaint, add the suppressions they call for and send the
+    clients' outbound webhooks; returns the events stored by this call (a replayed event, or
+    one a concurrent delivery of the same webhook stored, is not stored again, nor returned,
+    nor acted on)."""
+    parsed = _parse(esp, events, timezone.now())
+    if not parsed:
+        return []
+    linked = _link(parsed)
+    parsed = _insert_new(esp, parsed)
+    if not parsed:
+        return []
     rows = [item.row for item in parsed]
     _fates_update(rows)
     suppressions_add(entries=_suppressions(parsed, linked))

@@ -1,6 +1,6 @@
-"""Amazon SNS message authentication, which anymail leaves to us: the signing certificate comes
-from an SNS host over https, the signature covers the canonical string AWS documents, and the
-topic is one we subscribed to.
+"""Amazon SNS message authentication, which anymail leaves to us: the topic is one we subscribed
+to, the signing certificate comes from an SNS host over https under AWS's file name, and the
+signature covers the canonical string AWS documents.
 
 https://docs.aws.amazon.com/sns/latest/dg/sns-verify-signature-of-message.html
 """
@@ -24,6 +24,9 @@ from mailqueue import conf
 # (.com.cn in China). A lookalike host such as sns.evil.com or sns.us-east-1.amazonaws.com.evil.io
 # does not match.
 SNS_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
+# The path of an SNS signing certificate, as AWS names them; any other file on an SNS host
+# (anything a query string or a lookalike path could reach) is not loaded.
+SNS_CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
 
 # The fields each message type signs, in the order AWS documents (already sorted by name).
 _SIGNED_FIELDS = {
@@ -52,7 +55,8 @@ class SnsVerificationError(SuspiciousOperation):
 
 
 class SnsTopicNotAllowed(PermissionDenied):
-    """A genuine SNS message from a topic that is not in MAILQUEUE_SNS_TOPIC_ARNS (answered 403)."""
+    """An SNS message for a topic that is not in MAILQUEUE_SNS_TOPIC_ARNS (answered 403, before
+    its signature is checked: nothing is fetched for it)."""
 
 
 def is_sns_url(url: object) -> bool:
@@ -70,6 +74,18 @@ def is_sns_url(url: object) -> bool:
         and not parts.username
         and not parts.password
         and SNS_HOST.match(parts.hostname or "") is not None
+    )
+
+
+def is_sns_certificate_url(url: object) -> bool:
+    """Whether `url` is where SNS keeps a signing certificate: an SNS host, AWS's file name."""
+    if not is_sns_url(url):
+        return False
+    parts = urlsplit(url)
+    return (
+        not parts.query
+        and not parts.fragment
+        and SNS_CERTIFICATE_PATH.fullmatch(parts.path) is not None
     )
 
 
@@ -115,10 +131,19 @@ def _signing_key(url: str) -> rsa.RSAPublicKey:
 
 
 def sns_message_verify(message: dict) -> None:
-    """Raise SnsVerificationError unless Amazon SNS signed `message`, and SnsTopicNotAllowed
-    unless its topic is in MAILQUEUE_SNS_TOPIC_ARNS."""
+    """Raise SnsTopicNotAllowed unless the message's topic is in MAILQUEUE_SNS_TOPIC_ARNS, and
+    SnsVerificationError unless Amazon SNS signed `message`.
+
+    Everything the message itself shows is checked before the certificate is fetched, so an
+    unauthenticated request cannot make this server load a URL of its choosing.
+    """
+    canonical = sns_canonical_string(message)  # the message's shape: its Type and fields
+    # Anyone may create a topic, so a genuine signature alone proves nothing about who sends;
+    # an empty allow-list refuses every topic.
+    if message.get("TopicArn") not in conf.sns_topic_arns():
+        raise SnsTopicNotAllowed("This SNS topic is not in MAILQUEUE_SNS_TOPIC_ARNS.")
     certificate_url = message.get("SigningCertURL") or message.get("SigningCertUrl")
-    if not is_sns_url(certificate_url) or not certificate_url.endswith(".pem"):
+    if not is_sns_certificate_url(certificate_url):
         raise SnsVerificationError("SigningCertURL is not an Amazon SNS certificate URL.")
     algorithm = _HASHES.get(str(message.get("SignatureVersion")))
     if algorithm is None:
@@ -127,16 +152,11 @@ def sns_message_verify(message: dict) -> None:
         signature = base64.b64decode(message.get("Signature") or "", validate=True)
     except (binascii.Error, TypeError) as exc:
         raise SnsVerificationError("Signature is not base64.") from exc
-    canonical = sns_canonical_string(message)
     key = _signing_key(certificate_url)
     try:
         key.verify(signature, canonical, padding.PKCS1v15(), algorithm())
     except InvalidSignature as exc:
         raise SnsVerificationError("SNS signature does not match.") from exc
-    # Checked after the signature: anyone may create a topic, so a genuine signature alone
-    # proves nothing about who sends; an empty allow-list refuses every topic.
-    if message.get("TopicArn") not in conf.sns_topic_arns():
-        raise SnsTopicNotAllowed("This SNS topic is not in MAILQUEUE_SNS_TOPIC_ARNS.")
 
 
 def sns_subscription_confirm(message: dict) -> None:

@@ -1,12 +1,12 @@
-"""ESP tracking webhooks at /webhooks/<esp>/tracking/ (the paths of anymail's own URLs, which
-serve the rest: inbound webhooks and Mandrill)."""
+"""ESP webhooks at /webhooks/<esp>/<kind>/: anymail's own paths, served by our views (tracking
+ones store their events, all refuse what anymail would answer with a 500)."""
 
-from django.urls import path
+from django.urls import URLPattern
 
-from tracking.webhooks import tracking_views
+from tracking.webhooks import webhook_views
 
 app_name = "tracking"
 urlpatterns = [
-    path(f"{esp}/tracking/", view.as_view(), name=f"{esp}_tracking_webhook")
-    for esp, view in tracking_views().items()
+    URLPattern(pattern.pattern, view.as_view(), name=pattern.name)
+    for pattern, view in webhook_views()
 ]

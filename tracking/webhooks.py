@@ -1,64 +1,131 @@
-"""ESP tracking webhooks: anymail's views, authenticated and parsed by anymail, with every
+"""ESP webhooks: anymail's views, authenticated and parsed by anymail, with every tracking
 request's events stored together by `esp_events_record` (instead of one signal per event).
 
+Whatever anymail raises while it authenticates or reads a request becomes an answer here, never
+a 500: a missing setting is a 403, a failed authentication or an unreadable payload a 400, and
+nothing is written. Only a failure on our side (the database) or of an upstream API is a 5xx,
+which the ESP retries. anymail's other webhooks (inbound, Mandrill's combined one) get the same
+answers and keep anymail's signals.
+
 Amazon SES posts through Amazon SNS, whose signatures anymail does not check: its view verifies
-the signature, the certificate's host and the topic before anything is parsed or confirmed.
+the topic, the certificate's URL and the signature before anything is parsed or confirmed.
 """
 
 import json
+import logging
 
 from anymail import urls as anymail_urls
+from anymail.exceptions import AnymailError, AnymailWebhookValidationFailure
 from anymail.signals import tracking
 from anymail.webhooks.amazon_ses import AmazonSESTrackingWebhookView
+from botocore.exceptions import BotoCoreError, ClientError
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import URLPattern
 
 from tracking.esp_events import esp_events_record
 from tracking.sns import sns_message_verify, sns_subscription_confirm
 
-# What a payload that passed authentication but cannot be read raises inside anymail's parsers.
-PAYLOAD_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+logger = logging.getLogger(__name__)
+
+# What a request anymail cannot read raises while it is validated or parsed: anymail's own
+# errors (AnymailInvalidAddress, "Unknown SNS message type", ...), JSON and decoding errors
+# (ValueError), and the lookups of a payload of the wrong shape.
+PAYLOAD_ERRORS = (AnymailError, ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+# An upstream API failing while a payload is read (SES inbound mail downloaded from S3, an SNS
+# subscription confirmed) is no fault of the request: it stays a 5xx, so the ESP retries.
+UPSTREAM_ERRORS = (OSError, BotoCoreError, ClientError)
 
 
-class StoredTrackingMixin:
-    """Stores all the events of one webhook request with a constant number of queries.
+def _not_configured(esp: str) -> JsonResponse:
+    """The 403 of a webhook whose settings are missing: it cannot tell who is posting."""
+    return JsonResponse(
+        {
+            "detail": f"The {esp} webhook is not configured: set ANYMAIL_WEBHOOK_SECRET "
+            "(or the ESP's signing key)."
+        },
+        status=403,
+    )
 
-    A webhook with no way to authenticate (no WEBHOOK_SECRET and no ESP signature configured)
-    is a 403: anymail would only warn and accept anyone's events, which could suppress any
-    address. A failed authentication is anymail's 400 (nothing read, nothing written); a payload
-    that cannot be parsed is a 400 naming the ESP; a database error is a 500, so the ESP retries.
-    """
+
+class GuardedWebhookMixin:
+    """anymail's webhook view, answering 403/400 for what anymail raises before events are
+    handled (see the module docstring); `handle_events` does what the view is for."""
 
     # The ESP's name in our URLs and rows (`postmark`, `amazon_ses`), set per view class.
     esp: str = ""
+    # What anymail raised while the view was built (it reads its settings then, per request).
+    configuration_error: ImproperlyConfigured | None = None
+
+    def __init__(self, **kwargs: object) -> None:
+        try:
+            super().__init__(**kwargs)
+        except ImproperlyConfigured as exc:
+            # A missing setting must refuse the request, not fail it: post() answers 403.
+            self.configuration_error = exc
+
+    def is_open_to_anyone(self) -> bool:
+        """Whether the configuration lets anyone post (never refused here by default)."""
+        return False
 
     def verify_payload(self, request: HttpRequest) -> None:
         """Checks beyond anymail's validators, after them; none by default."""
 
+    def handle_events(self, events: list) -> None:
+        """Send anymail's signal for each event, as anymail's own view does."""
+        for event in events:
+            self.signal.send(sender=self.__class__, event=event, esp_name=self.esp_name)
+
     def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
-        """Authenticate, parse and store the request's events."""
-        # anymail's own test for "this webhook is open to anyone on the web".
-        if self.warn_if_no_basic_auth and not self.basic_auth:
-            return JsonResponse(
-                {
-                    "detail": f"The {self.esp} webhook is not configured: set "
-                    "ANYMAIL_WEBHOOK_SECRET (or the ESP's signing key)."
-                },
-                status=403,
-            )
-        self.run_validators(request)
-        self.verify_payload(request)
+        """Authenticate and parse the request, then handle its events."""
+        if self.configuration_error is not None:
+            logger.warning("%s webhook refused: %s", self.esp, self.configuration_error)
+            return _not_configured(self.esp)
+        if self.is_open_to_anyone():
+            return _not_configured(self.esp)
         try:
+            self.run_validators(request)
+            self.verify_payload(request)
             events = self.parse_events(request)
+        except UPSTREAM_ERRORS:
+            raise
+        except ImproperlyConfigured as exc:
+            # A setting anymail reads only when a request comes (Mandrill's key), or a payload
+            # that shows the ESP posts to the wrong URL (inbound events to a tracking webhook).
+            logger.warning("%s webhook refused: %s", self.esp, exc)
+            return _not_configured(self.esp)
+        except AnymailWebhookValidationFailure:
+            return JsonResponse(
+                {"detail": f"The {self.esp} webhook request failed authentication."}, status=400
+            )
         except PAYLOAD_ERRORS:
             return JsonResponse(
                 {"detail": f"The {self.esp} webhook payload could not be parsed."}, status=400
             )
-        esp_events_record(esp=self.esp, events=events)
+        self.handle_events(events)
         return HttpResponse()
 
 
+class StoredTrackingMixin(GuardedWebhookMixin):
+    """Stores all the events of one tracking webhook request with a constant number of queries.
+
+    A webhook with no way to authenticate (no WEBHOOK_SECRET and no ESP signature configured)
+    is a 403: anymail would only warn and accept anyone's events, which could suppress any
+    address. A database error is a 500, so the ESP retries.
+    """
+
+    def is_open_to_anyone(self) -> bool:
+        """anymail's own test for "this webhook is open to anyone on the web"."""
+        return bool(self.warn_if_no_basic_auth and not self.basic_auth)
+
+    def handle_events(self, events: list) -> None:
+        """Store the request's events together (anymail's tracking signal is not sent)."""
+        esp_events_record(esp=self.esp, events=events)
+
+
 class AmazonSESTrackingWebhook(StoredTrackingMixin, AmazonSESTrackingWebhookView):
-    """SES events through SNS: signature, certificate host and topic checked first."""
+    """SES events through SNS: topic, certificate URL and signature checked first."""
 
     esp = "amazon_ses"
     # Every message is signature-checked and its topic allow-listed (MAILQUEUE_SNS_TOPIC_ARNS).
@@ -92,24 +159,26 @@ class AmazonSESTrackingWebhook(StoredTrackingMixin, AmazonSESTrackingWebhookView
             sns_subscription_confirm(sns_message)
 
 
-def _stored_view(esp: str, view_class: type) -> type:
-    """anymail's tracking view for an ESP, storing its events."""
-    if esp == AmazonSESTrackingWebhook.esp:
+def _our_view(esp: str, view_class: type, stored: bool) -> type:
+    """anymail's view for an ESP, storing its tracking events or only guarded."""
+    if stored and esp == AmazonSESTrackingWebhook.esp:
         return AmazonSESTrackingWebhook
-    return type(view_class.__name__, (StoredTrackingMixin, view_class), {"esp": esp})
+    mixin = StoredTrackingMixin if stored else GuardedWebhookMixin
+    return type(view_class.__name__, (mixin, view_class), {"esp": esp})
 
 
-def tracking_views() -> dict[str, type]:
-    """Every ESP anymail has a tracking webhook for, by name, with the view that stores events."""
-    views = {}
+def webhook_views() -> list[tuple[URLPattern, type]]:
+    """Every webhook URL of anymail with our view for it: tracking webhooks store their events
+    (Mandrill's combined tracking+inbound view keeps anymail's signals), all are guarded."""
+    views = []
     for pattern in anymail_urls.urlpatterns:
         view_class = getattr(pattern.callback, "view_class", None)
         name = pattern.name or ""
-        # Mandrill's combined tracking+inbound view is left to anymail.
-        if view_class is None or not name.endswith("_tracking_webhook"):
+        if view_class is None or not name.endswith("_webhook"):
             continue
-        if getattr(view_class, "signal", None) is not tracking:
-            continue
-        esp = name.removesuffix("_tracking_webhook")
-        views[esp] = _stored_view(esp, view_class)
+        esp = name.removesuffix("_webhook").removesuffix("_tracking").removesuffix("_inbound")
+        stored = (
+            name.endswith("_tracking_webhook") and getattr(view_class, "signal", None) is tracking
+        )
+        views.append((pattern, _our_view(esp, view_class, stored)))
     return views

@@ -101,6 +101,15 @@ def _email_new(
     to_addresses = [address_spec(address) for address in to]
     transactional = email_is_transactional(topic=topic, transactional=transactional)
     check_unsubscribe_headers(headers=fields.get("headers") or {}, transactional=transactional)
+    recipients = len(to) + len(fields.get("cc") or ()) + len(fields.get("bcc") or ())
+    if not transactional and recipients > 1:
+        # Its List-Unsubscribe link names one address: with several recipients, any of them
+        # would unsubscribe the first. Send one email per recipient (a batch does).
+        raise ValidationFailed(
+            "A non-transactional email (with a topic, or transactional false) goes to exactly "
+            "one recipient, whom its unsubscribe link names; send a batch instead.",
+            field="to",
+        )
     return EmailJob(
         topic=topic,
         transactional=transactional,
@@ -502,6 +511,9 @@ def captured_message_release(
         providers=providers,
         track_opens=original.track_opens,
         track_clicks=original.track_clicks,
+        # Released as it was: a topic's email keeps its unsubscribe link and suppressions.
+        topic=original.topic,
+        transactional=original.transactional if not original.topic else None,
     )
     CapturedMessage.objects.filter(pk=captured.pk).update(released_as=email)
     return email

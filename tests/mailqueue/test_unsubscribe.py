@@ -6,7 +6,8 @@ import re
 import pytest
 from django.test import Client as HttpClient
 
-from mailqueue.models import EmailJob, EmailStatus, Suppression
+from mailqueue.models import CapturedMessage, EmailJob, EmailStatus, Suppression
+from mailqueue.services import captured_message_release, email_create, emails_deliver
 from mailqueue.unsubscribe import UnsubscribeToken, token_make
 from templates_app.services import template_create
 from tracking.models import EventType, TrackingEvent
@@ -230,3 +231,36 @@ def test_forged_altered_or_bad_requests_write_nothing(issued_key):
     assert browser.post(f"/u/{token}/", {"List-Unsubscribe": "yes"}).status_code == 400
     assert browser.put(f"/u/{token}/").status_code == 405
     assert not Suppression.objects.exists()
+
+
+def test_a_non_transactional_email_goes_to_exactly_one_recipient(api):
+    """Its unsubscribe link names one address: with several recipients, any of them would
+    unsubscribe the first, so such an email is refused (a batch sends one per recipient)."""
+    body = {"subject": "News", "text": "Read on", "topic": "news"}
+    for recipients in (
+        {"to": ["a@example.com", "b@example.com"]},
+        {"to": ["a@example.com"], "cc": ["b@example.com"]},
+    ):
+        response = api.post("/api/v1/emails/", {**body, **recipients}, format="json")
+        assert response.status_code == 400
+        assert "to" in response.json()
+    assert not EmailJob.objects.exists()
+
+
+def test_a_released_capture_keeps_its_topic(issued_key, settings):
+    """Releasing a captured newsletter sends a newsletter: same topic, not transactional, so
+    it carries the unsubscribe link and unsubscribes still stop it."""
+    settings.EMAIL_PROVIDERS = ["capture"]
+    settings.MAILQUEUE_RELEASE_PROVIDERS = ["console"]
+    email = email_create(
+        client=issued_key.api_key.client,
+        to=["ada@example.com"],
+        subject="News",
+        text="Read on",
+        topic="news",
+    )
+    emails_deliver(email_ids=[str(email.pk)])
+
+    released = captured_message_release(captured=CapturedMessage.objects.get(email=email))
+
+    assert (released.topic, released.transactional) == ("news", False)
