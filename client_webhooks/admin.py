@@ -3,6 +3,7 @@ replays of one delivery or of everything since a time."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -99,7 +100,20 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         """Read-only; replays go through the actions."""
         return False
 
-    @admin.action(description="Replay selected deliveries", permissions=["view"])
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        """Replaying sends requests to clients' endpoints: it needs the change permission on
+        deliveries, not just the view one (the rows themselves stay read-only)."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> HttpResponse:
+        """The list, with the "Replay since a time…" link only for those who may replay."""
+        extra_context = {**(extra_context or {}), "can_replay": self.has_replay_permission(request)}
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Replay selected deliveries", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Send the selected deliveries again."""
         count = webhook_deliveries_replay(delivery_ids=queryset.values_list("pk", flat=True))
@@ -116,8 +130,8 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     def replay_since_view(self, request: HttpRequest) -> HttpResponse:
         """GET: the form. POST: replay every delivery since the time (of one endpoint if given)."""
-        if not self.has_view_permission(request):
-            return HttpResponseRedirect(reverse("admin:index"))
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
         form = ReplaySinceForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             since, endpoint = form.cleaned_data["since"], form.cleaned_data["endpoint"]

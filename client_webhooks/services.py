@@ -50,8 +50,13 @@ SIGNATURE_HEADER = "Mailqueue-Signature"
 # Delays before the 2nd, 3rd, ... attempt (about 27 hours in all, then the delivery fails).
 RETRY_DELAYS_SECONDS = (5, 300, 1800, 7200, 18000, 36000, 36000)
 MAX_ATTEMPTS = len(RETRY_DELAYS_SECONDS) + 1
-# Deliveries a single job attempts (a replay of thousands is split into jobs of this size).
-JOB_CHUNK_SIZE = 100
+# Deliveries a single job attempts (a replay of thousands is split into jobs of this size):
+# few enough that even calls that all run into their deadline, after a slow DNS lookup each,
+# end well within JOB_TIMEOUT_SECONDS (10 x (10 s + up to 30 s) = 400 s < 900 s).
+JOB_CHUNK_SIZE = 10
+# How long a job's claim on a delivery lasts at least: longer than any one call (DNS lookup and
+# http.DEADLINE_SECONDS), so no second job sends it while the first is still waiting.
+CLAIM_SECONDS = 60
 # The event fields sent in `data` besides the event's own data, when they are set.
 _EVENT_DATA_FIELDS = (
     "recipient",
@@ -344,66 +349,43 @@ def webhook_deliveries_attempt(*, delivery_ids: list[int]) -> dict[str, int]:
     retries, disable endpoints that failed too often in a row. Returns counts per outcome.
 
     Only deliveries that are due: a second job for a delivery (the sweeper re-enqueued it while
-    its first job was only late) finds it done or waiting for its retry, and does nothing.
+    its first job was only late) finds it done, waiting for its retry or claimed by the first
+    job, and does nothing. Each delivery is claimed before its call and its outcome written
+    right after it, so a job stopped halfway (RQ's timeout, a killed worker) keeps what it did,
+    and the sweeper sends the rest once they are overdue.
     """
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now())
     pending = WebhookDelivery.objects.filter(
         due, pk__in=delivery_ids, status=WebhookDeliveryStatus.PENDING
     )
-    deliveries = list(pending.select_related("endpoint").order_by("id"))
     counts = {"delivered": 0, "retrying": 0, "failed": 0}
-    attempts: list[WebhookAttempt] = []
     retries: dict[int, list[int]] = {}
-    # Per endpoint: failures after its last success in this job, and whether it had one.
-    failures: dict[Any, int] = {}
-    succeeded: set = set()
-    for delivery in deliveries:
-        endpoint = delivery.endpoint
-        now = timezone.now()
-        if not endpoint.active:
-            delivery.status = WebhookDeliveryStatus.FAILED
-            delivery.next_attempt_at = None
-            attempts.append(WebhookAttempt(delivery=delivery, error="endpoint disabled"))
+    # Endpoints this job disabled: their remaining deliveries fail without a call.
+    disabled: set = set()
+    for delivery in pending.select_related("endpoint").order_by("id"):
+        if not _delivery_claim(delivery):
+            continue
+        if not delivery.endpoint.active or delivery.endpoint_id in disabled:
+            answer = WebhookAnswer(None, "", "endpoint disabled", 0)
+            _attempt_record(delivery, answer, called=False)
             counts["failed"] += 1
             continue
         answer = _attempt(delivery)
-        delivery.attempts += 1
-        attempts.append(
-            WebhookAttempt(
-                delivery=delivery,
-                status_code=answer.status_code,
-                duration_ms=answer.duration_ms,
-                response_excerpt=answer.excerpt,
-                error=answer.error,
-                created_at=now,
-            )
-        )
+        # The attempt, the delivery's state and the endpoint's count together, or none of them.
+        with transaction.atomic():
+            delay = _attempt_record(delivery, answer)
+            if _endpoint_count(delivery.endpoint_id, succeeded=answer.ok):
+                disabled.add(delivery.endpoint_id)
         if answer.ok:
-            delivery.status = WebhookDeliveryStatus.DELIVERED
-            delivery.delivered_at = now
-            delivery.next_attempt_at = None
-            succeeded.add(endpoint.pk)
-            failures[endpoint.pk] = 0
             counts["delivered"] += 1
-            continue
-        failures[endpoint.pk] = failures.get(endpoint.pk, 0) + 1
-        if delivery.attempts >= MAX_ATTEMPTS:
-            delivery.status = WebhookDeliveryStatus.FAILED
-            delivery.next_attempt_at = None
+        elif delay is None:
             counts["failed"] += 1
         else:
-            delay = RETRY_DELAYS_SECONDS[delivery.attempts - 1]
-            delivery.next_attempt_at = now + timedelta(seconds=delay)
             retries.setdefault(delay, []).append(delivery.pk)
             counts["retrying"] += 1
-    with transaction.atomic():
-        WebhookDelivery.objects.bulk_update(
-            deliveries, ["status", "attempts", "next_attempt_at", "delivered_at"]
-        )
-        WebhookAttempt.objects.bulk_create(attempts)
-        _endpoints_count_failures(failures, succeeded)
     for delay, ids in retries.items():
         # Up to a tenth later, so many deliveries that failed together do not retry together.
+        # (Retries of a job stopped before this point are sent by the sweeper.)
         run_at = timezone.now() + timedelta(seconds=delay * (1 + random.random() / 10))
         try:
             webhook_deliveries_enqueue(ids, run_at=run_at)
@@ -412,24 +394,75 @@ def webhook_deliveries_attempt(*, delivery_ids: list[int]) -> dict[str, int]:
     return counts
 
 
-def _endpoints_count_failures(failures: dict[Any, int], succeeded: set) -> None:
-    """Record each endpoint's failures in a row, and disable those with too many."""
-    for endpoint_id, count in failures.items():
-        if endpoint_id in succeeded:
-            value = count
-        elif count:
-            value = F("consecutive_failures") + count
-        else:
-            continue
-        WebhookEndpoint.objects.filter(pk=endpoint_id).update(consecutive_failures=value)
-    disabled = WebhookEndpoint.objects.filter(
-        pk__in=list(failures),
-        active=True,
-        consecutive_failures__gte=conf.webhook_disable_after(),
+def _delivery_claim(delivery: WebhookDelivery) -> bool:
+    """Move a due delivery's next attempt past the call about to be made (to when its retry
+    would be); False when another job got to it first.
+
+    Should the job stop during the call, the delivery waits as if the attempt had failed, then
+    the sweeper sends it again, instead of being re-enqueued with its whole job at once.
+    """
+    now = timezone.now()
+    delay = RETRY_DELAYS_SECONDS[min(delivery.attempts, len(RETRY_DELAYS_SECONDS) - 1)]
+    claimed_until = now + timedelta(seconds=max(delay, CLAIM_SECONDS))
+    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    return bool(
+        WebhookDelivery.objects.filter(
+            due,
+            pk=delivery.pk,
+            status=WebhookDeliveryStatus.PENDING,
+            attempts=delivery.attempts,
+        ).update(next_attempt_at=claimed_until)
+    )
+
+
+def _attempt_record(
+    delivery: WebhookDelivery, answer: WebhookAnswer, *, called: bool = True
+) -> int | None:
+    """Write one attempt and where the delivery now stands, in one transaction; the delay
+    before its retry, or None when it is delivered or failed for good. Without `called` (its
+    endpoint is disabled) the delivery fails without using up an attempt."""
+    now = timezone.now()
+    attempts = delivery.attempts + 1 if called else delivery.attempts
+    delay = None
+    if answer.ok:
+        update = {"status": WebhookDeliveryStatus.DELIVERED, "delivered_at": now}
+        update["next_attempt_at"] = None
+    elif not called or attempts >= MAX_ATTEMPTS:
+        update = {"status": WebhookDeliveryStatus.FAILED, "next_attempt_at": None}
+    else:
+        delay = RETRY_DELAYS_SECONDS[attempts - 1]
+        update = {"next_attempt_at": now + timedelta(seconds=delay)}
+    with transaction.atomic():
+        # Still the attempt this job claimed (a replay in between starts a new series).
+        WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=WebhookDeliveryStatus.PENDING, attempts=delivery.attempts
+        ).update(attempts=attempts, **update)
+        WebhookAttempt.objects.create(
+            delivery=delivery,
+            status_code=answer.status_code,
+            duration_ms=answer.duration_ms,
+            response_excerpt=answer.excerpt,
+            error=answer.error,
+            created_at=now,
+        )
+    return delay
+
+
+def _endpoint_count(endpoint_id: Any, *, succeeded: bool) -> bool:
+    """Count an endpoint's failures in a row (a success resets them) and disable it after too
+    many; whether it was disabled now."""
+    endpoints = WebhookEndpoint.objects.filter(pk=endpoint_id)
+    if succeeded:
+        endpoints.exclude(consecutive_failures=0).update(consecutive_failures=0)
+        return False
+    endpoints.update(consecutive_failures=F("consecutive_failures") + 1)
+    disabled = endpoints.filter(
+        active=True, consecutive_failures__gte=conf.webhook_disable_after()
     ).update(active=False, disabled_at=timezone.now())
     if disabled:
-        logger.warning("%d webhook endpoint(s) disabled after repeated failures", disabled)
+        logger.warning("a webhook endpoint was disabled after repeated failures")
         selectors.webhook_subscriptions_forget()
+    return bool(disabled)
 
 
 # --- Replays -----------------------------------------------------------------------------------

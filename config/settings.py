@@ -169,10 +169,20 @@ CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 # --- Email delivery and Mailqueue's options ---------------------------------------------------
 # Django's own setting, so it keeps its default here (Django's would be webmaster@localhost).
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Mailqueue <noreply@localhost>")
+
+
+def anymail_env_value(name: str, value: str) -> str | list[str]:
+    """An ANYMAIL_* variable's value as anymail takes it: WEBHOOK_SECRET with commas is a list
+    (`old:pw,new:pw` during a rotation), every other value the string itself."""
+    if name == "WEBHOOK_SECRET" and "," in value:
+        return [secret.strip() for secret in value.split(",") if secret.strip()]
+    return value
+
+
 # Every ANYMAIL_* variable becomes a key of anymail's settings dict (ANYMAIL_SENDGRID_API_KEY ->
 # ANYMAIL["SENDGRID_API_KEY"]), so any ESP anymail supports is configured the same way.
 ANYMAIL = {
-    key.removeprefix("ANYMAIL_"): value
+    key.removeprefix("ANYMAIL_"): anymail_env_value(key.removeprefix("ANYMAIL_"), value)
     for key, value in env.ENVIRON.items()
     if key.startswith("ANYMAIL_")
 }

@@ -59,6 +59,7 @@ class GuardedWebhookMixin:
     configuration_error: ImproperlyConfigured | None = None
 
     def __init__(self, **kwargs: object) -> None:
+        """anymail's view, or the configuration error that kept it from being built."""
         try:
             super().__init__(**kwargs)
         except ImproperlyConfigured as exc:

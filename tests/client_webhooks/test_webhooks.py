@@ -258,6 +258,13 @@ def test_replay_sends_a_delivered_event_again(issued_key, receiver):
         "https://[::1]/hook",
         "https://[fd00:ec2::254]/hook",
         "https://[::ffff:192.168.1.1]/hook",
+        # 6to4, NAT64 and Teredo addresses that carry a loopback or private IPv4 address.
+        "https://[2002:7f00:1::]/hook",
+        "https://[2002:a9fe:a9fe::1]/hook",
+        "https://[64:ff9b::7f00:1]/hook",
+        "https://[64:ff9b::a01:203]/hook",
+        "https://[64:ff9b:1::808:808]/hook",
+        "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",
         "https://user:pw@example.com/hook",
         "ftp://example.com/hook",
     ],

@@ -5,21 +5,25 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
+from anymail.signals import AnymailTrackingEvent
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from svix.webhooks import Webhook as SvixWebhook
 
 from client_webhooks.models import WebhookDelivery
 from client_webhooks.selectors import webhook_subscriptions, webhook_subscriptions_forget
 from client_webhooks.services import webhook_endpoint_create
+from config.settings import anymail_env_value
 from mailqueue.models import Suppression, SuppressionReason
 from tests.tracking.esp_payloads import BASIC_AUTH, WEBHOOK_SECRET, payload, post_json, sent_email
+from tracking.esp_events import esp_events_record
 from tracking.models import TrackingEvent
 
 POSTMARK = "/webhooks/postmark/tracking/"
@@ -519,3 +523,145 @@ def test_nul_characters_in_a_payload_are_dropped_not_a_500(webhook_auth):
     event = TrackingEvent.objects.get()
     assert event.mta_response == "250 OK queued"
     assert event.raw["Metadata"]["note"] == "ab"
+
+
+# --- Requests anymail cannot handle: answered, never a 500 ------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (MAILGUN, "[]"),
+        (MAILGUN, '{"signature": 1}'),
+        (MAILGUN, '{"signature": {"token": 1, "timestamp": [], "signature": {}}}'),
+        (MAILGUN, '{"signature": {"token": "t", "timestamp": "\u00e9", "signature": "s"}}'),
+    ],
+    ids=["list", "signature-not-an-object", "signature-fields-not-text", "non-ascii-timestamp"],
+)
+def test_mailgun_malformed_signature_block_is_400(client_acme, mailgun, path, body):
+    """Only the signing key set, a body anymail's validator trips over: 400, nothing stored."""
+    response = post_json(path, body)
+
+    assert response.status_code == 400
+    assert "mailgun" in response.json()["detail"]
+    assert not TrackingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path",
+    [
+        MAILGUN,
+        "/webhooks/mandrill/tracking/",
+        "/webhooks/postal/tracking/",
+        "/webhooks/mailersend/tracking/",
+        "/webhooks/unisender_go/tracking/",
+        "/webhooks/mailgun/inbound/",
+    ],
+)
+def test_webhook_whose_settings_are_missing_is_403_for_anyone(client_acme, settings, path):
+    """No ANYMAIL settings at all: anymail raises a configuration error for these ESPs (a 500
+    anyone could cause); it is the 403 "not configured" and nothing is written."""
+    settings.ANYMAIL = {}
+    email = sent_email(client_acme, message_id=POSTMARK_ID, provider="postmark")
+
+    response = post_json(path, payload("postmark_bounce_hard.json", EMAIL_ID=str(email.pk)))
+
+    assert response.status_code == 403
+    assert "not configured" in response.json()["detail"]
+    assert not TrackingEvent.objects.exists()
+    assert not Suppression.objects.exists()
+
+
+# --- One event, one dispatch ------------------------------------------------------------------
+
+
+def _lock_waiters() -> int:
+    """How many sessions of this database wait for a lock (another transaction's row)."""
+    with connection.cursor() as cursor:
+        # Inside a transaction the activity view is a snapshot unless cleared.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_deliveries_of_one_webhook_store_and_dispatch_once(client_acme, settings):
+    """The ESP delivers the same event twice at once: the second request waits for the first,
+    stores nothing and sends no outbound webhook of its own."""
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers need PostgreSQL")
+    settings.MAILQUEUE_WEBHOOK_ALLOW_PRIVATE = True
+    webhook_endpoint_create(client=client_acme, url="http://127.0.0.1:9/hooks", events=["bounced"])
+    webhook_subscriptions_forget()
+    email = sent_email(client_acme, message_id=POSTMARK_ID, provider="postmark")
+    event = AnymailTrackingEvent(
+        event_type="bounced",
+        event_id="bounce-0001",
+        message_id=POSTMARK_ID,
+        recipient="ada@example.com",
+        timestamp=datetime(2026, 3, 1, 17, tzinfo=UTC),
+        metadata={"mailqueue_email_id": str(email.pk)},
+        esp_event={"Type": "HardBounce"},
+    )
+    stored = {}
+
+    def second_delivery() -> None:
+        try:
+            stored["second"] = esp_events_record(esp="postmark", events=[event])
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        stored["first"] = esp_events_record(esp="postmark", events=[event])
+        racer = threading.Thread(target=second_delivery)
+        racer.start()
+        # Commit only once the second request waits on the row the first one wrote.
+        deadline = time.monotonic() + 10
+        while _lock_waiters() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _lock_waiters() == 1
+    racer.join(timeout=10)
+
+    assert len(stored["first"]) == 1
+    assert stored["second"] == []
+    assert TrackingEvent.objects.count() == 1
+    [delivery] = WebhookDelivery.objects.all()
+    assert delivery.event_type == "bounced"
+    webhook_subscriptions_forget()
+
+
+# --- Rotating the webhook secret --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("WEBHOOK_SECRET", "esp-hook:s3cret", "esp-hook:s3cret"),
+        ("WEBHOOK_SECRET", "old:pw,new:pw", ["old:pw", "new:pw"]),
+        ("WEBHOOK_SECRET", "old:pw, new:pw,", ["old:pw", "new:pw"]),
+        ("POSTMARK_SERVER_TOKEN", "a,b", "a,b"),
+    ],
+)
+def test_anymail_webhook_secret_with_commas_is_a_list(name, value, expected):
+    """ANYMAIL_WEBHOOK_SECRET=old:pw,new:pw is two secrets (a rotation), not one password;
+    other ANYMAIL_* values stay strings."""
+    assert anymail_env_value(name, value) == expected
+
+
+@pytest.mark.django_db
+def test_rotated_secret_from_the_environment_accepts_both(client_acme, settings):
+    """The value settings.py makes of `old:password,<new>` lets both credentials in."""
+    settings.ANYMAIL = {
+        "WEBHOOK_SECRET": anymail_env_value("WEBHOOK_SECRET", f"old:password,{WEBHOOK_SECRET}")
+    }
+    email = sent_email(client_acme, message_id=POSTMARK_ID, provider="postmark")
+    old = "Basic " + base64.b64encode(b"old:password").decode()
+
+    assert postmark_post("postmark_delivery.json", email).status_code == 200
+    assert postmark_post("postmark_open.json", email, HTTP_AUTHORIZATION=old).status_code == 200
+    assert TrackingEvent.objects.count() == 2

@@ -306,3 +306,67 @@ def test_body_that_is_not_an_sns_message_is_400(sns, body):
 
     assert response.status_code == 400
     assert not TrackingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_unknown_sns_message_type_is_400_not_500(sns, ses_email):
+    """Header and body agree on a Type SNS never sends (anymail raises its own error): 400,
+    nothing stored, no certificate fetched."""
+    mock, cert_url = sns
+    message = {**notification("ses_bounce_permanent.json", cert_url), "Type": "Bogus"}
+
+    response = sns_post(message)
+
+    assert response.status_code == 400
+    assert len(mock.calls) == 0
+    assert not TrackingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("allowed", [[], ["arn:aws:sns:us-east-1:123456789012:other"]])
+def test_topic_not_allowed_is_refused_before_any_certificate_is_fetched(
+    sns, signing_key, settings, allowed
+):
+    """An unauthenticated POST naming a foreign topic cannot make the server load a URL: 403
+    first. The certificate URL is not even registered with `responses`, so a fetch would
+    fail the request with a 400 and show in the calls."""
+    settings.MAILQUEUE_SNS_TOPIC_ARNS = allowed
+    mock, _url = sns
+    unregistered = (
+        f"https://sns.us-east-1.amazonaws.com/SimpleNotificationService-{uuid.uuid4().hex}.pem"
+    )
+    message = sign(notification("ses_bounce_permanent.json", unregistered), signing_key)
+
+    assert sns_post(message).status_code == 403
+
+    assert len(mock.calls) == 0
+    assert not TrackingEvent.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/cert.pem",
+        "/evil/SimpleNotificationService-0123abcd.pem",
+        "/SimpleNotificationService-0123abcd.pem/../cert.pem",
+        "/SimpleNotificationService-0123ABCD.pem",
+        "/SimpleNotificationService-.pem",
+        "/SimpleNotificationService-0123abcd.pem?x=1",
+        "/?Action=GetCertificate&x=.pem",
+    ],
+)
+def test_lookalike_certificate_path_on_an_sns_host_is_refused(
+    sns, signing_key, certificate_pem, ses_email, path
+):
+    """Only AWS's `/SimpleNotificationService-<hex>.pem` is loaded: another file on an SNS
+    host is refused unfetched, even where it would serve a certificate that matches."""
+    mock, _url = sns
+    lookalike = f"https://sns.us-east-1.amazonaws.com{path}"
+    mock.get(lookalike, body=certificate_pem)
+    message = sign(notification("ses_bounce_permanent.json", lookalike), signing_key)
+
+    assert sns_post(message).status_code == 400
+
+    assert len(mock.calls) == 0
+    assert not TrackingEvent.objects.exists()
