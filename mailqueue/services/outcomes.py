@@ -127,10 +127,15 @@ def _record_postgresql(decisions: list[Decision], now) -> set:
     with server_binding_cursor() as cursor:
         cursor.execute(_statement(), params)
         owned = {row[0] for row in cursor.fetchall()}
-    # Outbound webhooks (nothing at all while no client has an endpoint).
-    webhooks_dispatch(
-        [e for e in events if e.email_id in owned], emails={d.email.pk: d.email for d in decisions}
-    )
+    # Outbound webhooks (nothing at all while no client has an endpoint). The outcomes are
+    # written: a failure here must not fail the job, or its other emails would be sent again.
+    try:
+        webhooks_dispatch(
+            [e for e in events if e.email_id in owned],
+            emails={d.email.pk: d.email for d in decisions},
+        )
+    except Exception:
+        logger.exception("outbound webhooks of %d events not created", len(events))
     return owned
 
 

@@ -127,3 +127,22 @@ def test_report_counts_lost_and_crashed_emails(accept, monkeypatch):
 def test_outcome_module_exposes_lease_lost():
     """The delivery service and the writer agree on the lost-lease answer."""
     assert delivery.LEASE_LOST == outcomes.LEASE_LOST
+
+
+@pytest.mark.django_db
+def test_a_failing_webhook_dispatch_does_not_undo_or_fail_the_outcomes(accept, monkeypatch):
+    """The outcomes are written before outbound webhooks are created: if creating them fails
+    (the database refused it, say), the group still counts as written, so the job goes on and
+    no email is sent twice."""
+    [email] = accept(1)
+    claimed = emails_claim(email_ids=[str(email.pk)])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("webhook deliveries could not be created")
+
+    monkeypatch.setattr(outcomes, "webhooks_dispatch", broken)
+    statuses = decisions_record([email_decide(email=e) for e in claimed])
+
+    assert statuses == [EmailStatus.SENT]
+    email.refresh_from_db()
+    assert email.status == EmailStatus.SENT
