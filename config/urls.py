@@ -7,7 +7,7 @@ from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from mailqueue.health import health
+from mailqueue.health import health, health_live, health_ready
 from mailqueue.unsubscribe import UnsubscribeView
 from tracking.engagement_views import click_redirect, open_pixel
 
@@ -28,6 +28,8 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("health/", health, name="health"),
+    path("health/live/", health_live, name="health-live"),
+    path("health/ready/", health_ready, name="health-ready"),
     # ESP tracking webhooks (ours store every event), then anymail's others (inbound).
     path("webhooks/", include("tracking.urls")),
     path("webhooks/", include("anymail.urls")),

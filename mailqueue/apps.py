@@ -12,8 +12,8 @@ class MailqueueConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Register system checks."""
-        from mailqueue import checks  # noqa: F401
+        """Register system checks; start the health probe's uptime clock."""
+        from mailqueue import checks, health  # noqa: F401
 
 
 class MailqueueAdminConfig(admin_apps.AdminConfig):

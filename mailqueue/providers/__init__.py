@@ -1,7 +1,6 @@
 """Provider registry: names from EMAIL_PROVIDERS to one long-lived instance per send thread."""
 
 import threading
-import time
 
 from mailqueue import conf
 from mailqueue.errors import ProviderConfigurationError
@@ -9,6 +8,13 @@ from mailqueue.providers.anymail_esp import AnymailProvider, is_anymail_esp
 from mailqueue.providers.base import BackendProvider, Provider
 from mailqueue.providers.capture import CaptureProvider
 from mailqueue.providers.console import ConsoleProvider
+from mailqueue.providers.cooldown import (
+    cooldowns_forget_local,
+    provider_report_outage,
+    provider_report_success,
+)
+from mailqueue.providers.cooldown import providers_cooldown_remaining as _cooldown_remaining
+from mailqueue.providers.cooldown import providers_in_service as _names_in_service
 from mailqueue.providers.smtp import SmtpProvider
 
 __all__ = [
@@ -38,8 +44,6 @@ _all_instances: list[Provider] = []
 _registry_lock = threading.Lock()
 # Bumped by close_all(): a thread's instances from before it are dropped on its next lookup.
 _generation = 0
-# Provider name -> monotonic time until which it is skipped after an outage (per process).
-_cooling_until: dict[str, float] = {}
 
 
 def provider_class(name: str) -> type[Provider]:
@@ -79,31 +83,20 @@ def configured_providers() -> list[Provider]:
     return [get_provider(name) for name in names]
 
 
-def provider_report_outage(name: str) -> None:
-    """Skip this provider for MAILQUEUE_PROVIDER_COOLDOWN_SECONDS: it is unreachable or unusable,
-    and every email would otherwise wait for its timeout before failing over."""
-    _cooling_until[name] = time.monotonic() + conf.provider_cooldown_seconds()
-
-
-def provider_report_success(name: str) -> None:
-    """The provider works (again)."""
-    _cooling_until.pop(name, None)
-
-
 def providers_in_service(providers: list[Provider]) -> list[Provider]:
     """The providers not cooling down after an outage, in their configured order."""
-    now = time.monotonic()
-    return [provider for provider in providers if _cooling_until.get(provider.name, 0) <= now]
+    usable = set(_names_in_service([provider.name for provider in providers]))
+    return [provider for provider in providers if provider.name in usable]
 
 
 def providers_cooldown_remaining(providers: list[Provider]) -> float:
     """Seconds until the first of these providers ends its cooldown (0 if one is in service)."""
-    now = time.monotonic()
-    return max(0.0, min(_cooling_until.get(provider.name, now) for provider in providers) - now)
+    return _cooldown_remaining([provider.name for provider in providers])
 
 
 def close_all() -> None:
-    """Close every thread's provider connections and forget outages (worker shutdown, tests)."""
+    """Close every thread's provider connections and forget this process's copy of the outages
+    (worker shutdown, tests)."""
     global _generation
     with _registry_lock:
         instances = list(_all_instances)
@@ -111,4 +104,4 @@ def close_all() -> None:
         _generation += 1
     for provider in instances:
         provider.close()
-    _cooling_until.clear()
+    cooldowns_forget_local()

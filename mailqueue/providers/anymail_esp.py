@@ -55,6 +55,10 @@ class AnymailProvider(BackendProvider):
         except AnymailConfigurationError as exc:
             raise ProviderConfigurationError(f"Provider '{self.name}': {exc}") from exc
 
+    def check_configured(self) -> None:
+        """Raise ProviderConfigurationError if anymail refuses this ESP's settings."""
+        self._make_backend()  # anymail reads and checks its settings here, without a request
+
     def _send(self, message: EmailMessage) -> SendResult:
         sent = self._deliver(message)
         status = message.anymail_status

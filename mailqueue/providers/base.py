@@ -51,6 +51,10 @@ class Provider:
             self._open()
             self._is_open = True
 
+    def check_configured(self) -> None:
+        """Raise ProviderConfigurationError if this provider's settings cannot work (no network
+        call: `GET /health/` asks it)."""
+
     def close(self) -> None:
         """Close the connection, ignoring errors (it may already be dead)."""
         if self._is_open:
