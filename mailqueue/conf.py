@@ -160,6 +160,31 @@ def idempotency_ttl_hours() -> int:
     return get_setting("MAILQUEUE_IDEMPOTENCY_TTL_HOURS", 24, int, minimum=0)
 
 
+def retention_content_days() -> int | None:
+    """Days after which finished emails lose their bodies, context and attachments; None: off."""
+    return get_setting("MAILQUEUE_RETENTION_CONTENT_DAYS", None, _days_or_none)
+
+
+def retention_days() -> int | None:
+    """Days after which finished emails are deleted with their attempts and events; None: off."""
+    return get_setting("MAILQUEUE_RETENTION_DAYS", None, _days_or_none)
+
+
+def retention_batch_size() -> int:
+    """Rows each retention statement touches, each batch in its own short transaction."""
+    return get_setting("MAILQUEUE_RETENTION_BATCH_SIZE", 1000, int, minimum=1)
+
+
+def _days_or_none(value: object) -> int | None:
+    """A positive number of days, or None (off) for None, 0 or an empty string."""
+    if value in (None, "", 0, "0"):
+        return None
+    days = int(value)
+    if days < 1:
+        raise ValueError("expected a positive number of days, or 0 for off")
+    return days
+
+
 def api_throttle_rate() -> str | None:
     """Per-API-key request rate such as `100/s`, or None for no throttling."""
     return get_setting("MAILQUEUE_API_THROTTLE_RATE", None, _text_or_none)

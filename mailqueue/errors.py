@@ -38,6 +38,12 @@ class InvalidTransition(MailqueueError):
     status_code = 409
 
 
+class QueueNotFound(MailqueueError, LookupError):
+    """No queue (priority) has that name (HTTP 404)."""
+
+    status_code = 404
+
+
 class IdempotencyConflict(MailqueueError):
     """A request with the same Idempotency-Key is still being processed (HTTP 409)."""
 

@@ -86,6 +86,8 @@ class ApiKey(models.Model):
         SEND = "send"
         READ = "read"
         TEMPLATES = "templates"
+        # Operators: queue control (list, pause, resume) across every client, template test sends.
+        ADMIN = "admin"
 
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True, default="")
@@ -439,3 +441,23 @@ class DkimKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.selector}._domainkey.{self.domain}"
+
+
+class QueuePause(models.Model):
+    """A paused priority: workers claim nothing from it until the row is deleted (resume).
+
+    Kept in PostgreSQL, not Redis, so a pause survives worker and Redis restarts; the claim
+    statements read it in the same query that picks the emails.
+    """
+
+    priority = models.CharField(max_length=10, choices=Priority.choices, primary_key=True)
+    paused_at = models.DateTimeField(auto_now_add=True)
+    # Who paused it: "api:<key prefix> (<client>)" or "admin:<username>".
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        db_table = "queue_pauses"
+        ordering = ["priority"]
+
+    def __str__(self) -> str:
+        return f"{self.priority} paused"

@@ -6,21 +6,26 @@ on time, plus the sweeper that puts stuck emails back (see services/sweeper.py).
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django_rq.queues import DjangoScheduler
 from redis.exceptions import RedisError
 
 from mailqueue import conf
 from mailqueue.liveness import SCHEDULER_KEY_TTL_SECONDS, SCHEDULERS_KEY
 from mailqueue.services import emails_sweep
+from mailqueue.services.retention import retention_purge
 
 logger = logging.getLogger(__name__)
 
 # The release-and-sweep lock outlives a slow pass (a sweep of 10,000 rows), whatever the interval.
 SCHEDULER_LOCK_TTL_SECONDS = 120
+# Set for a day by the scheduler that starts the daily retention purge: one purge a day in all.
+RETENTION_KEY = "mailqueue:retention:daily"
+RETENTION_EVERY_SECONDS = 24 * 3600
 _RELEASE_LOCK_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -54,6 +59,7 @@ class MailqueueScheduler(DjangoScheduler):
                             last_sweep = started
                     finally:
                         self.remove_lock()
+                self._purge_daily()
             except RedisError as exc:
                 logger.warning("scheduler: Redis unavailable, retrying: %s", exc)
                 registered = False
@@ -108,6 +114,25 @@ class MailqueueScheduler(DjangoScheduler):
     @property
     def _release_lock(self):
         return self.connection.register_script(_RELEASE_LOCK_SCRIPT)
+
+    def _purge_daily(self) -> None:
+        """Start the retention purge in a thread once a day across all schedulers, so a long
+        purge never delays scheduled sends; each of its batches is its own transaction."""
+        if conf.retention_content_days() is None and conf.retention_days() is None:
+            return
+        if not self.connection.set(RETENTION_KEY, self.name, ex=RETENTION_EVERY_SECONDS, nx=True):
+            return
+        self.purge_thread = threading.Thread(target=self._purge, name="retention", daemon=True)
+        self.purge_thread.start()
+
+    def _purge(self) -> None:
+        try:
+            retention_purge()
+        except Exception:
+            logger.exception("retention purge failed; the next daily run continues it")
+        finally:
+            # The thread's own connection: nothing else would ever close it.
+            connection.close()
 
     def _sweep(self) -> None:
         close_old_connections()

@@ -6,9 +6,10 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailqueue.api.fields import JSONObjectField
-from mailqueue.api.serializers import StrictSerializer
+from mailqueue.api.fields import AddressField, JSONObjectField
+from mailqueue.api.serializers import EmailAcceptedOutputSerializer, StrictSerializer
 from mailqueue.api.views import ScopedApiView
+from mailqueue.services import template_send_test
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.selectors import template_get, template_list
 from templates_app.services import (
@@ -195,3 +196,37 @@ class TemplateRenderApi(ScopedApiView):
             template=template_get(slug=slug), context=serializer.validated_data["context"]
         )
         return Response(TemplateRenderOutputSerializer(rendered).data)
+
+
+class TemplateTestSendInputSerializer(StrictSerializer):
+    """Body of POST /api/v1/templates/{slug}/test/."""
+
+    to = AddressField()
+
+
+class TemplateTestSendApi(ScopedApiView):
+    """POST: send the template with its sample context to one address, at high priority, like
+    the admin's "send test email" (scope `templates` or `admin`)."""
+
+    required_scopes = {"POST": ("templates", "admin")}
+
+    @extend_schema(
+        request=TemplateTestSendInputSerializer,
+        responses={202: EmailAcceptedOutputSerializer},
+        operation_id="templates_test_send",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        """Queue the test email; 202 with its id and a Location (it belongs to the key's client)."""
+        serializer = TemplateTestSendInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        email = template_send_test(
+            template=template_get(slug=slug),
+            to=serializer.validated_data["to"],
+            api_key=request.auth,
+        )
+        location = reverse("api:email-detail", kwargs={"email_id": email.pk})
+        return Response(
+            EmailAcceptedOutputSerializer(email).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": location},
+        )

@@ -168,8 +168,9 @@ def _events_url(event_type: str, *, since: str) -> str:
     return f"{url}?{urlencode({'event_type__exact': event_type, 'occurred_at__gte': since})}"
 
 
-def dashboard_context(stats: DashboardStats) -> dict[str, Any]:
-    """The stats plus the links and chart the admin home shows."""
+def dashboard_context(stats: DashboardStats, *, can_control_queues: bool = False) -> dict[str, Any]:
+    """The stats plus the links, chart and (for operators) Pause/Resume buttons the admin home
+    shows."""
     hour_ago = (stats.now - timedelta(hours=1)).replace(microsecond=0).isoformat()
     day_ago = (stats.now - timedelta(hours=24)).replace(microsecond=0).isoformat()
     return {
@@ -181,6 +182,7 @@ def dashboard_context(stats: DashboardStats) -> dict[str, Any]:
                 _rq_url("jobs", name),
                 stats.queued_emails.get(name, 0),
                 email_changelist_url(status__exact=EmailStatus.QUEUED, priority__exact=name),
+                stats.pauses.get(name),
             )
             for name, depth in stats.queue_depths.items()
         ],
@@ -195,4 +197,5 @@ def dashboard_context(stats: DashboardStats) -> dict[str, Any]:
         "failed_day_url": _events_url(EventType.FAILED, since=day_ago),
         "dead_letters_url": reverse("admin:mailqueue_emailjob_dead_letters"),
         "chart": hourly_chart(stats.hourly),
+        "can_control_queues": can_control_queues,
     }

@@ -50,6 +50,7 @@ from mailqueue.selectors.timeline import email_get_for_timeline, email_origin, e
 from mailqueue.services import email_cancel, email_retry
 from mailqueue.services.delivery import email_render
 from mailqueue.services.emails import CANCELLABLE, RETRYABLE
+from mailqueue.services.retention import recipient_data_erase
 from mailqueue.validation import address_spec
 from templates_app.models import EmailTemplate
 from tracking.models import TrackingEvent
@@ -191,7 +192,7 @@ class EmailJobAdmin(
     show_facets = admin.ShowFacets.NEVER
     paginator = EstimatedCountPaginator
     changelist_defer = EMAIL_LIST_DEFERRED
-    actions = ("retry_selected", "cancel_selected")
+    actions = ("retry_selected", "cancel_selected", "erase_recipients")
     inlines = (DeliveryAttemptInline, TrackingEventInline)
     fieldsets = (
         (
@@ -351,6 +352,19 @@ class EmailJobAdmin(
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Cancel the scheduled, queued and retrying emails among the selection, 1000 at a time."""
         emails_cancel_bulk(self, request, queryset)
+
+    @admin.action(description="Erase this recipient's data", permissions=["change"])
+    def erase_recipients(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Erase every stored email, event and capture of each selected email's recipient."""
+        # At most 100 selected emails' recipients per action: each erasure scans cc and bcc.
+        addresses = sorted(set(queryset.values_list("recipient", flat=True)[:100]) - {""})
+        for address in addresses:
+            recipient_data_erase(address=address)
+        self.message_user(
+            request,
+            f"Erased the data of {len(addresses)} recipient(s); suppressions kept as hashes.",
+            messages.SUCCESS,
+        )
 
     @admin.display(description="subject")
     def subject_display(self, obj: EmailJob) -> str:

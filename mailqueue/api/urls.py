@@ -3,6 +3,7 @@
 from django.urls import path
 
 from client_webhooks import api as webhook_views
+from mailqueue.api import queues as queue_views
 from mailqueue.api import suppressions as suppression_views
 from mailqueue.api import views
 from templates_app import api as template_views
@@ -28,6 +29,9 @@ urlpatterns = [
         suppression_views.SuppressionDetailApi.as_view(),
         name="suppression-detail",
     ),
+    path("queues/", queue_views.QueuesApi.as_view(), name="queues"),
+    path("queues/<str:name>/pause/", queue_views.QueuePauseApi.as_view(), name="queue-pause"),
+    path("queues/<str:name>/resume/", queue_views.QueueResumeApi.as_view(), name="queue-resume"),
     path("templates/", template_views.TemplatesApi.as_view(), name="templates"),
     path(
         "templates/<slug:slug>/", template_views.TemplateDetailApi.as_view(), name="template-detail"
@@ -36,5 +40,10 @@ urlpatterns = [
         "templates/<slug:slug>/render/",
         template_views.TemplateRenderApi.as_view(),
         name="template-render",
+    ),
+    path(
+        "templates/<slug:slug>/test/",
+        template_views.TemplateTestSendApi.as_view(),
+        name="template-test-send",
     ),
 ]

@@ -11,7 +11,8 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from mailqueue import scheduling
-from mailqueue.models import EmailJob, EmailStatus, Priority
+from mailqueue.models import EmailJob, EmailStatus, Priority, QueuePause
+from mailqueue.selectors.queues import queue_pauses
 from tracking.models import EventType, TrackingEvent
 
 # Every priority is an RQ queue, listed in the order workers drain them.
@@ -48,6 +49,8 @@ class DashboardStats:
     # Emails waiting for their priority's drain, from PostgreSQL: one drain job serves many
     # emails, so the Redis queue depths count jobs, not emails.
     queued_emails: dict[str, int] = field(default_factory=dict)
+    # The paused priorities (workers claim nothing from them), by name.
+    pauses: dict[str, QueuePause] = field(default_factory=dict)
 
     @property
     def oldest_waiting_at(self) -> datetime | None:
@@ -173,4 +176,5 @@ def dashboard_stats(*, now: datetime | None = None) -> DashboardStats:
         failed_last_day=failed_day,
         hourly=events_per_hour(now=now),
         queued_emails=queued_email_counts(),
+        pauses=queue_pauses(),
     )

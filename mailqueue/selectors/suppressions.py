@@ -1,5 +1,6 @@
 """Suppression reads: the API's list for one client, and what a worker asks before sending."""
 
+import hashlib
 from collections.abc import Iterable
 
 from django.db.models import Q, QuerySet
@@ -20,6 +21,16 @@ def suppression_list(
     return queryset
 
 
+# An erased address stays on the list as this prefix and the SHA-256 of its bare form.
+HASHED_ADDRESS_PREFIX = "sha256:"
+
+
+def address_hash(address: str) -> str:
+    """How an erased address is kept on the suppression list: `sha256:` and a hex digest."""
+    digest = hashlib.sha256(address_spec(address).encode()).hexdigest()
+    return f"{HASHED_ADDRESS_PREFIX}{digest}"
+
+
 def suppressions_for_emails(*, emails: list[EmailJob]) -> None:
     """Attach to each email (as `suppression_rows`) the entries that name one of its recipients
     and may apply to it: one query for the whole chunk, none for an email without recipients.
@@ -31,11 +42,16 @@ def suppressions_for_emails(*, emails: list[EmailJob]) -> None:
     addresses = set().union(*specs.values())
     rows: dict[str, list[Suppression]] = {}
     if addresses:
+        # Erased addresses are stored hashed: ask for both forms in the same query, and give a
+        # hashed entry its address back (in memory only) so the rest reads plain addresses.
+        hashed = {address_hash(address): address for address in addresses}
         client_ids = {email.client_id for email in emails}
         entries = Suppression.objects.filter(
-            Q(client__isnull=True) | Q(client_id__in=client_ids), address__in=addresses
+            Q(client__isnull=True) | Q(client_id__in=client_ids),
+            address__in=[*addresses, *hashed],
         ).only("address", "reason", "client_id", "topic")
         for entry in entries:
+            entry.address = hashed.get(entry.address, entry.address)
             rows.setdefault(entry.address, []).append(entry)
     for email in emails:
         email.suppression_rows = (

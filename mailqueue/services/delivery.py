@@ -20,7 +20,7 @@ from uuid import UUID, uuid4
 
 from django.core.mail import EmailMultiAlternatives
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
@@ -35,6 +35,7 @@ from mailqueue.models import (
     EmailAttachment,
     EmailJob,
     EmailStatus,
+    QueuePause,
 )
 from mailqueue.providers import (
     Provider,
@@ -56,6 +57,7 @@ from mailqueue.scheduling import (
 from mailqueue.selectors.suppressions import email_suppressed_recipients, suppressions_for_emails
 from mailqueue.services.dead_letters import error_fields
 from mailqueue.services.outcomes import LEASE_LOST, Decision, decisions_record
+from mailqueue.services.queues import emails_hold_paused
 from mailqueue.services.suppressions import (
     email_decide_suppressed,
     email_suppression_events,
@@ -183,20 +185,25 @@ def _load_for_sending(emails: list[EmailJob]) -> None:
 def emails_claim(*, email_ids: list[str], job_id: str = "") -> list[EmailJob]:
     """Move due emails among the ids to `sending` under a lease, in the ids' order."""
     now = timezone.now()
-    claimed = _claim(
-        EmailJob.objects.filter(claimable_filter(now), pk__in=email_ids), now=now, job_id=job_id
+    # The pause is read inside the claim statement: no query of its own.
+    queryset = EmailJob.objects.filter(claimable_filter(now), pk__in=email_ids).filter(
+        ~Exists(QueuePause.objects.filter(priority=OuterRef("priority")))
     )
+    claimed = _claim(queryset, now=now, job_id=job_id)
     # Sent in the job's order (the order they were accepted in, for a batch).
     position = {str(email_id): index for index, email_id in enumerate(email_ids)}
     return sorted(claimed, key=lambda email: position.get(str(email.pk), len(position)))
 
 
 def emails_claim_queued(*, priority: str, limit: int, job_id: str = "") -> list[EmailJob]:
-    """Claim up to `limit` queued emails of one priority, oldest first (ids are time-ordered)."""
+    """Claim up to `limit` queued emails of one priority, oldest first (ids are time-ordered);
+    none while the priority is paused."""
     now = timezone.now()
     queryset = (
         EmailJob.objects.filter(status=EmailStatus.QUEUED, priority=priority)
         .filter(Q(send_at__isnull=True) | Q(send_at__lte=now))
+        # Read inside the claim statement (a one-time subplan): no query of its own.
+        .filter(~Exists(QueuePause.objects.filter(priority=priority)))
         .order_by("pk")[:limit]
     )
     return sorted(_claim(queryset, now=now, job_id=job_id), key=lambda email: email.pk)
@@ -584,6 +591,8 @@ class DeliveryReport:
     lost: int = 0
     crashed: int = 0
     suppressed: int = 0
+    # Due emails of a paused priority, moved to `queued` for the drain that resume requests.
+    held: int = 0
 
     def count(self, status: str) -> None:
         """Count one email's recorded outcome."""
@@ -734,9 +743,10 @@ def emails_deliver(*, email_ids: list[str], job_id: str = "") -> DeliveryReport:
     _deliver_claimed(claimed, report)
     if len(claimed) < len(email_ids):
         claimed_ids = {str(email.pk) for email in claimed}
-        early = emails_not_yet_due(email_ids=[i for i in email_ids if i not in claimed_ids])
-        report.rescheduled = _reschedule(early)
-        report.skipped = len(email_ids) - len(claimed) - report.rescheduled
+        unclaimed = [i for i in email_ids if i not in claimed_ids]
+        report.rescheduled = _reschedule(emails_not_yet_due(email_ids=unclaimed))
+        report.held = emails_hold_paused(email_ids=unclaimed)
+        report.skipped = len(email_ids) - len(claimed) - report.rescheduled - report.held
     return report
 
 
@@ -751,7 +761,8 @@ def queue_drain(*, priority: str, job_id: str = "") -> DeliveryReport:
     worker process can take the next chunk meanwhile. This job itself goes on to the next chunk
     (its sends overlapping the last ones of the chunk before) for up to DRAIN_JOB_SECONDS,
     unless a job of a higher priority is waiting: then it ends after the chunk in hand, and RQ
-    runs the higher queue's job next.
+    runs the higher queue's job next. While the priority is paused, the claim takes nothing and
+    the job ends.
     """
     try:
         drain_started(priority)

@@ -452,11 +452,17 @@ def admin_sender_client() -> Client:
 
 
 def template_send_test(
-    *, template: EmailTemplate, to: str, user: AbstractBaseUser | None = None
+    *,
+    template: EmailTemplate,
+    to: str,
+    user: AbstractBaseUser | None = None,
+    api_key: ApiKey | None = None,
 ) -> EmailJob:
-    """Send a template with its sample context to one address, queued at high priority."""
+    """Send a template with its sample context to one address, queued at high priority; the
+    email belongs to the API key's client, or to the admin's own client."""
     return email_create(
-        client=admin_sender_client(),
+        client=api_key.client if api_key is not None else admin_sender_client(),
+        api_key=api_key,
         to=[to],
         template=template.slug,
         context=template.sample_context,

@@ -12,6 +12,9 @@ from django.core.wsgi import get_wsgi_application
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
+from mailqueue.services import api_key_create
+from mailqueue.services.api_keys import ALL_SCOPES
+
 EXAMPLES_PER_OPERATION = 15
 
 config = SchemathesisConfig.from_dict(
@@ -32,9 +35,10 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application(), 
 
 
 @pytest.fixture
-def auth_header(issued_key) -> dict[str, str]:
-    """An Authorization header of a key with every scope."""
-    return {"Authorization": f"Bearer {issued_key.plaintext}"}
+def auth_header(db) -> dict[str, str]:
+    """An Authorization header of a key with every scope, `admin` included."""
+    issued = api_key_create(client_name="acme", scopes=list(ALL_SCOPES))
+    return {"Authorization": f"Bearer {issued.plaintext}"}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -97,7 +97,7 @@ def test_create_api_key_reuses_an_existing_client():
 def test_create_api_key_refuses_an_unknown_scope():
     """An unknown scope is a command error and no key is created."""
     with pytest.raises(CommandError):
-        run("create_api_key", "billing", "--scope", "admin")
+        run("create_api_key", "billing", "--scope", "superuser")
 
     assert not ApiKey.objects.exists()
 

@@ -354,6 +354,7 @@ def test_job_for_an_unknown_email_finishes_without_error(smtp_sink):
         "lost": 0,
         "crashed": 0,
         "suppressed": 0,
+        "held": 0,
     }
     deliveries_enqueue(
         [

@@ -1,9 +1,11 @@
-"""The template API: list, create, read, replace, change, delete and render stored templates."""
+"""The template API: list, create, read, replace, change, delete, render and test-send stored
+templates."""
 
 import pytest
 
 from mailqueue.models import EmailJob
 from templates_app.models import EmailTemplate
+from tests.helpers import run_worker
 
 TEMPLATES = "/api/v1/templates/"
 FIELDS = {"slug", "name", "subject", "html", "text", "variables", "sample_context", "is_active"}
@@ -294,3 +296,40 @@ def test_read_only_key_cannot_write_templates(api_for, welcome_template):
     welcome_template.refresh_from_db()
     assert welcome_template.name == "Welcome"
     assert not EmailTemplate.objects.filter(slug="receipt").exists()
+
+
+# --- test send -----------------------------------------------------------------------------
+
+
+def test_test_send_through_the_api_sends_the_sample_context_at_high_priority(
+    api_for, welcome_template, smtp_sink, django_capture_on_commit_callbacks
+):
+    """An `admin` key sends a template's test email; it arrives rendered with the sample
+    context, and the email belongs to the key's client (it can read it back)."""
+    ops = api_for("ops", ["admin", "read"])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = ops.post(
+            "/api/v1/templates/welcome/test/", {"to": "qa@example.com"}, format="json"
+        )
+    assert response.status_code == 202
+    assert response.json()["priority"] == "high"
+    assert ops.get(response["Location"]).status_code == 200
+    run_worker()
+    [received] = smtp_sink.messages
+    assert received.rcpt_tos == ["qa@example.com"]
+    assert received.message["Subject"] == "Welcome, Ada!"
+
+
+def test_test_send_needs_templates_or_admin_scope_and_a_valid_address(
+    api_for, api, welcome_template
+):
+    """A `send`-only key is refused; a bad address or unknown template is a 4xx, nothing sent."""
+    sender = api_for("shop", ["send", "read"])
+    refused = sender.post("/api/v1/templates/welcome/test/", {"to": "a@b.co"}, format="json")
+    assert refused.status_code == 403
+    assert "'templates' or 'admin'" in refused.json()["detail"]
+    bad = api.post("/api/v1/templates/welcome/test/", {"to": "not an address"}, format="json")
+    assert bad.status_code == 400 and "to" in bad.json()
+    missing = api.post("/api/v1/templates/nope/test/", {"to": "a@b.co"}, format="json")
+    assert missing.status_code == 404
+    assert not EmailJob.objects.exists()
