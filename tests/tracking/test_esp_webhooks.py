@@ -593,8 +593,6 @@ def _lock_waiters() -> int:
 def test_concurrent_deliveries_of_one_webhook_store_and_dispatch_once(client_acme, settings):
     """The ESP delivers the same event twice at once: the second request waits for the first,
     stores nothing and sends no outbound webhook of its own."""
-    if connection.vendor != "postgresql":
-        pytest.skip("concurrent writers need PostgreSQL")
     settings.MAILQUEUE_WEBHOOK_ALLOW_PRIVATE = True
     webhook_endpoint_create(client=client_acme, url="http://127.0.0.1:9/hooks", events=["bounced"])
     webhook_subscriptions_forget()
