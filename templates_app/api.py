@@ -13,6 +13,7 @@ from mailqueue.services import template_send_test
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.selectors import template_get, template_list
 from templates_app.services import (
+    TEMPLATE_FIELDS,
     template_create,
     template_delete,
     template_render,
@@ -73,15 +74,7 @@ class TemplateOutputSerializer(serializers.ModelSerializer):
         model = EmailTemplate
         fields = [
             "slug",
-            "name",
-            "subject",
-            "html",
-            "text",
-            "variables",
-            "sample_context",
-            "is_active",
-            "track_opens",
-            "track_clicks",
+            *TEMPLATE_FIELDS,
             "version",
             "versions",
             "created_at",

@@ -58,12 +58,7 @@ class TrackingEventAdmin(AppendOnlyAdminMixin, admin.ModelAdmin):
         "description",
         "data_display",
         "esp",
-        "event_key",
-        "message_id",
-        "reject_reason",
-        "mta_response",
-        "click_url",
-        "user_agent",
+        *ESP_FIELDS,
         "raw_display",
         "created_at",
     )

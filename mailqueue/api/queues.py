@@ -98,33 +98,37 @@ class QueuesApi(ScopedApiView):
         return Response(QueuesOutputSerializer(queues_overview()).data)
 
 
-class QueuePauseApi(ScopedApiView):
+class _QueueStateApi(ScopedApiView):
+    """POST: change one queue's state (scope `admin`) and answer with it."""
+
+    required_scopes = {"POST": "admin"}
+
+    def change(self, request: Request, name: str) -> None:
+        """Pause or resume the queue."""
+        raise NotImplementedError
+
+    @extend_schema(
+        request=None,
+        parameters=[QUEUE_NAME_PARAMETER],
+        responses={200: QueuePauseOutputSerializer},
+    )
+    def post(self, request: Request, name: str) -> Response:
+        """Change the queue's state; doing it twice changes nothing more."""
+        self.change(request, name)
+        return Response(QueuePauseOutputSerializer(_pause_state(name)).data)
+
+
+class QueuePauseApi(_QueueStateApi):
     """POST: pause a queue (scope `admin`): it keeps accepting emails; workers send none."""
 
-    required_scopes = {"POST": "admin"}
-
-    @extend_schema(
-        request=None,
-        parameters=[QUEUE_NAME_PARAMETER],
-        responses={200: QueuePauseOutputSerializer},
-    )
-    def post(self, request: Request, name: str) -> Response:
-        """Pause the queue; pausing a paused queue changes nothing."""
+    def change(self, request: Request, name: str) -> None:
+        """Pause it; pausing a paused queue changes nothing."""
         queue_pause(priority=name, paused_by=_actor(request.auth))
-        return Response(QueuePauseOutputSerializer(_pause_state(name)).data)
 
 
-class QueueResumeApi(ScopedApiView):
+class QueueResumeApi(_QueueStateApi):
     """POST: resume a queue (scope `admin`): workers send what waited, oldest first."""
 
-    required_scopes = {"POST": "admin"}
-
-    @extend_schema(
-        request=None,
-        parameters=[QUEUE_NAME_PARAMETER],
-        responses={200: QueuePauseOutputSerializer},
-    )
-    def post(self, request: Request, name: str) -> Response:
-        """Resume the queue; resuming a running queue changes nothing but a drain request."""
+    def change(self, request: Request, name: str) -> None:
+        """Resume it; resuming a running queue changes nothing but a drain request."""
         queue_resume(priority=name)
-        return Response(QueuePauseOutputSerializer(_pause_state(name)).data)
