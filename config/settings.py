@@ -221,6 +221,8 @@ _MAILQUEUE_VARIABLES = {
     "MAILQUEUE_TRACK_OPENS": env.bool,
     "MAILQUEUE_TRACK_CLICKS": env.bool,
     "MAILQUEUE_TRACK_STORE_IP": env.bool,
+    "MAILQUEUE_METRICS_TOKEN": env.str,
+    "MAILQUEUE_LOG_RECIPIENTS": env.bool,
 }
 for _name, _parse in _MAILQUEUE_VARIABLES.items():
     if _name in env.ENVIRON:

@@ -239,6 +239,17 @@ def track_store_ip() -> bool:
     return get_setting("MAILQUEUE_TRACK_STORE_IP", False, _boolean)
 
 
+def metrics_token() -> str:
+    """Bearer token `GET /metrics` requires; empty (the default): the endpoint is open, for a
+    Prometheus on a private network."""
+    return get_setting("MAILQUEUE_METRICS_TOKEN", "", str)
+
+
+def log_recipients() -> bool:
+    """Whether log lines may name recipient addresses (off: logs carry ids, never addresses)."""
+    return get_setting("MAILQUEUE_LOG_RECIPIENTS", False, _boolean)
+
+
 def _mailto(value: object) -> str:
     """A bare email address (no mailto: prefix), or "" for none."""
     address = str(value or "").strip().removeprefix("mailto:")

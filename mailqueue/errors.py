@@ -79,3 +79,12 @@ class DeliveryError(MailqueueError):
         # The provider itself is unreachable or unusable (not just this message): skip it for a
         # while instead of paying its timeout for every email.
         self.outage = outage
+
+    @property
+    def kind(self) -> str:
+        """What went wrong, for metrics: `outage`, `timeout`, `transient` or `permanent`."""
+        if self.outage:
+            return "outage"
+        if "timeout" in self.error_class.lower() or "timed out" in self.message.lower():
+            return "timeout"
+        return "transient" if self.transient else "permanent"

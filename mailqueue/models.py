@@ -95,6 +95,11 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, editable=False)
     scopes = models.JSONField(default=list)
     is_active = models.BooleanField(default=True)
+    # Email-level endpoints (the failed-email API) act on every client's emails, not only its own.
+    all_clients = models.BooleanField(
+        default=False,
+        help_text="Operators only: email-level endpoints see every client's emails.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -212,6 +217,8 @@ class EmailJob(models.Model):
     error_class = models.CharField(max_length=200, blank=True, default="")
     error_group = models.CharField(max_length=64, blank=True, default="")
     rq_job_id = models.CharField(max_length=100, blank=True, default="")
+    # The X-Request-ID of the API request that created the email, carried into worker log lines.
+    request_id = models.CharField(max_length=200, blank=True, default="")
 
     # Non-transactional email (a topic, or transactional=False) carries the unsubscribe headers
     # and is stopped by unsubscribes; transactional email only by bounces, complaints, manual.

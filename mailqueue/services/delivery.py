@@ -319,7 +319,7 @@ def _try_row(
         outcome = DeliveryAttempt.Outcome.TRANSIENT
     else:
         outcome = DeliveryAttempt.Outcome.PERMANENT
-    return DeliveryAttempt(
+    row = DeliveryAttempt(
         email_id=email.pk,
         number=number,
         provider=provider,
@@ -329,6 +329,9 @@ def _try_row(
         started_at=started,
         duration_ms=int((time.monotonic() - clock) * 1000),
     )
+    # Not a column: the metrics' error kind (an outage or a timeout is only known here).
+    row.error_kind = error.kind if error else ""
+    return row
 
 
 def _attempt(
