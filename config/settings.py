@@ -8,6 +8,7 @@ options are only mapped here, when their variable is present: their defaults liv
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from mailqueue.priorities import QUEUE_NAMES, WEBHOOKS
 
@@ -34,6 +35,9 @@ INSTALLED_APPS = [
     "templates_app",
     "tracking",
     "client_webhooks",
+    "event_sends",
+    "topics",
+    "otp",
     "mailqueue.apps.MailqueueAdminConfig",  # django.contrib.admin with our AdminSite
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -48,6 +52,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: its request id and log line cover every answer, the 413s below included.
+    "mailqueue.middleware.RequestLogMiddleware",
     "mailqueue.middleware.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and the API docs' static files from gunicorn (no separate web server).
@@ -223,6 +229,20 @@ _MAILQUEUE_VARIABLES = {
     "MAILQUEUE_TRACK_STORE_IP": env.bool,
     "MAILQUEUE_METRICS_TOKEN": env.str,
     "MAILQUEUE_LOG_RECIPIENTS": env.bool,
+    # Event-driven sends (event_sends/conf.py).
+    "MAILQUEUE_TOPICS_CONFIRM_MAX_AGE": env.int,
+    "MAILQUEUE_OTP_RESEND_SECONDS": env.int,
+    "MAILQUEUE_OTP_MAX_CODES_PER_HOUR": env.int,
+    "MAILQUEUE_OTP_MAX_ATTEMPTS": env.int,
+    "MAILQUEUE_OTP_TEMPLATE": env.str,
+    "MAILQUEUE_OTP_KEEP_HOURS": env.int,
+    "MAILQUEUE_EVENTS_STREAM": env.str,
+    "MAILQUEUE_EVENTS_GROUP": env.str,
+    "MAILQUEUE_EVENTS_CLAIM_IDLE_SECONDS": env.float,
+    "MAILQUEUE_EVENTS_BLOCK_SECONDS": env.float,
+    "MAILQUEUE_EVENTS_BATCH_SIZE": env.int,
+    "MAILQUEUE_EVENTS_MAX_DELIVERIES": env.int,
+    "MAILQUEUE_EVENTS_DEAD_MAX_LEN": env.int,
 }
 for _name, _parse in _MAILQUEUE_VARIABLES.items():
     if _name in env.ENVIRON:
@@ -239,13 +259,34 @@ if "EMAIL_TIMEOUT" in env.ENVIRON:
 # read per request, with a 413 (Django's limit would answer 400 and ignore later overrides).
 DATA_UPLOAD_MAX_MEMORY_SIZE = None
 
+# LOG_FORMAT: json (one object per line, the default without DEBUG) or text (readable, the
+# default with DEBUG, as under `make run`); mailqueue/logs.py writes both.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT = {LOG_FORMAT!r} is not valid: use 'json' or 'text'.")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "formatters": {"mailqueue": {"()": "mailqueue.logs.log_formatter", "name": LOG_FORMAT}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "mailqueue"},
+        "null": {"class": "logging.NullHandler"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Django's own console handler would print its lines a second time, in its format.
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # runserver's access lines quote the raw path and query string (tokens of /u/ and /t/c/
+        # links): mailqueue.requests writes one line per request with the route instead.
+        "django.server": {"handlers": ["null"], "propagate": False},
+        # SQL with its parameters carries addresses and content, and a failed variable lookup
+        # quotes the template's whole context: neither is written, even at DEBUG.
+        "django.db.backends": {"level": "WARNING"},
+        "django.template": {"level": "INFO"},
+        # A handler here keeps rq-scheduler from adding its own plain one (lines twice).
+        "rq_scheduler.scheduler": {"handlers": ["console"], "propagate": False},
+    },
 }
 
 if not DEBUG:

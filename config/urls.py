@@ -1,4 +1,4 @@
-"""Root URLs: admin, API, OpenAPI schema and docs, health, django-rq dashboard."""
+"""Root URLs: admin, API, OpenAPI schema and docs, health, metrics, django-rq dashboard."""
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -8,7 +8,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from mailqueue.health import health, health_live, health_ready
+from mailqueue.metrics.views import metrics
 from mailqueue.unsubscribe import UnsubscribeView
+from topics.views import SubscriptionConfirmView
 from tracking.engagement_views import click_redirect, open_pixel
 
 urlpatterns = [
@@ -30,6 +32,8 @@ urlpatterns = [
     path("health/", health, name="health"),
     path("health/live/", health_live, name="health-live"),
     path("health/ready/", health_ready, name="health-ready"),
+    # Prometheus scrapes /metrics (no trailing slash) by default: answered there, no redirect.
+    path("metrics", metrics, name="metrics"),
     # ESP tracking webhooks (ours store every event), then anymail's others (inbound).
     path("webhooks/", include("tracking.urls")),
     path("webhooks/", include("anymail.urls")),
@@ -38,6 +42,8 @@ urlpatterns = [
     path("t/c/<str:token>/", click_redirect, name="tracking-click"),
     # RFC 8058 one-click unsubscribe: public, the signed token is the authority.
     path("u/<str:token>/", UnsubscribeView.as_view(), name="unsubscribe"),
+    # Double opt-in confirmation of a topic subscription: public, the signed token is the authority.
+    path("topics/confirm/<str:token>/", SubscriptionConfirmView.as_view(), name="topic-confirm"),
     path("django-rq/", include("django_rq.urls")),
 ]
 

@@ -7,8 +7,7 @@ case "$1" in
     exec gunicorn config.wsgi:application \
       --bind "0.0.0.0:${PORT:-8000}" \
       --workers "${WEB_CONCURRENCY:-2}" \
-      --timeout 60 --graceful-timeout 30 \
-      --access-logfile - "$@"
+      --timeout 60 --graceful-timeout 30 "$@"
     ;;
   worker)
     shift

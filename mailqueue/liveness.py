@@ -1,7 +1,8 @@
-"""Which worker and scheduler processes are alive, from their heartbeat keys in Redis.
+"""Which worker, scheduler and event consumer processes are alive, from their heartbeat keys.
 
 Read by `GET /health/`, the admin dashboard and `manage.py mailqueue_healthcheck`; written by
-RQ itself (workers) and by `scheduler.MailqueueScheduler`. Every probe takes the Redis
+RQ itself (workers), by `scheduler.MailqueueScheduler` and by the `consume_events` process
+(`event_sends.consumer.EventConsumer`). Every probe takes the Redis
 connection it asks, so this module depends on nothing else of Mailqueue's.
 """
 
@@ -13,6 +14,10 @@ from rq.worker_registration import REDIS_WORKER_KEYS
 SCHEDULER_KEY_TTL_SECONDS = 30
 # The set of every registered scheduler's key (the schedulers' `rq:workers`).
 SCHEDULERS_KEY = "mailqueue:schedulers"
+# The same for `consume_events` processes: each renews `<CONSUMERS_KEY>:<name>` every read
+# (a read waits a few seconds at most), registered in the set CONSUMERS_KEY.
+CONSUMER_KEY_TTL_SECONDS = 30
+CONSUMERS_KEY = "mailqueue:event-consumers"
 
 
 def live_workers_on_host(redis: Redis, hostname: str) -> int:
@@ -23,10 +28,21 @@ def live_workers_on_host(redis: Redis, hostname: str) -> int:
 
 def live_scheduler_count(redis: Redis, *, hostname: str | None = None) -> int:
     """Running `rqscheduler` processes (on one host, if given): their heartbeat key exists."""
-    hosts = _hostnames(redis, SCHEDULERS_KEY)
+    return _live_count(redis, SCHEDULERS_KEY, hostname)
+
+
+def live_consumer_count(redis: Redis, *, hostname: str | None = None) -> int:
+    """Running `consume_events` processes (on one host, if given): their heartbeat key exists."""
+    return _live_count(redis, CONSUMERS_KEY, hostname)
+
+
+def _live_count(redis: Redis, registry: str, hostname: str | None) -> int:
+    """Processes of a registry set whose heartbeat key exists (on one host, if given); the
+    registrations of killed ones, whose key expired, are dropped."""
+    hosts = _hostnames(redis, registry)
     gone = [key for key, host in hosts.items() if host is None]
     if gone:
-        redis.srem(SCHEDULERS_KEY, *gone)  # killed schedulers whose key expired
+        redis.srem(registry, *gone)
     return sum(1 for host in hosts.values() if host is not None and hostname in (None, host))
 
 

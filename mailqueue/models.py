@@ -194,6 +194,9 @@ class EmailJob(models.Model):
         related_name="emails",
     )
     context = models.JSONField(default=dict, blank=True)
+    # Context keys whose values are secrets (a one-time code): masked wherever the email is shown
+    # and in what is stored once it is sent; the values themselves go once it is final.
+    secret_context_keys = models.JSONField(default=list, blank=True)
     # An admin user who created it (test sends, released captures); API sends have `api_key`.
     created_by_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -2,13 +2,19 @@
 on time, plus the sweeper that puts stuck emails back (see services/sweeper.py).
 
 `manage.py rqscheduler` runs it; django-rq builds it from `RQ["SCHEDULER_CLASS"]`.
+
+SIGTERM or SIGINT ends the loop after the pass in hand (a second one ends it at once); either
+way the scheduler lock and this scheduler's registration are removed before the process exits,
+so a new scheduler takes over at its first poll instead of after the lock's TTL.
 """
 
 import logging
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import FrameType
 
 from django.db import close_old_connections, connection
 from django_rq.queues import DjangoScheduler
@@ -30,6 +36,8 @@ _RELEASE_LOCK_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Longest sleep between two looks at the stop flag, whatever the polling interval.
+STOP_CHECK_SECONDS = 0.5
 
 
 class MailqueueScheduler(DjangoScheduler):
@@ -40,36 +48,79 @@ class MailqueueScheduler(DjangoScheduler):
     """
 
     def run(self, burst: bool = False) -> None:
-        """Release due jobs every interval and sweep stuck emails every sweep interval."""
+        """Release due jobs every interval and sweep stuck emails every sweep interval, until
+        stopped."""
+        self._stop_requested = False
         self._install_signal_handlers()
         last_sweep = 0.0
         registered = False
-        while True:
-            started = time.monotonic()
-            try:
-                if not registered:
-                    self.register_birth()
-                    registered = True
-                self.heartbeat()
-                if self.acquire_lock():
-                    try:
-                        self.enqueue_jobs()
-                        if started - last_sweep >= conf.sweep_interval_seconds():
-                            self._sweep()
-                            last_sweep = started
-                    finally:
-                        self.remove_lock()
-                self._purge_daily()
-            except RedisError as exc:
-                logger.warning("scheduler: Redis unavailable, retrying: %s", exc)
-                registered = False
-                # Sweeping needs only the database to find work, but enqueueing needs Redis.
-            if burst:
-                break
-            elapsed = time.monotonic() - started
-            time.sleep(max(0.0, self._interval - elapsed))
-        self.remove_lock()
-        self.register_death()
+        try:
+            while not self._stop_requested:
+                started = time.monotonic()
+                try:
+                    if not registered:
+                        self.register_birth()
+                        registered = True
+                    self.heartbeat()
+                    if self.acquire_lock():
+                        try:
+                            self.enqueue_jobs()
+                            if started - last_sweep >= conf.sweep_interval_seconds():
+                                self._sweep()
+                                last_sweep = started
+                        finally:
+                            self.remove_lock()
+                    self._purge_daily()
+                except RedisError as exc:
+                    logger.warning("scheduler: Redis unavailable, retrying: %s", exc)
+                    registered = False
+                    # Sweeping needs only the database to find work, but enqueueing needs Redis.
+                if burst:
+                    break
+                self._sleep_until(started + self._interval)
+        finally:
+            self._leave()
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop after the pass in hand; a second one: stop at once.
+
+        rq-scheduler's own handler raises SystemExit on the first signal, which can cut a pass
+        (and a sweep's transaction) in half.
+        """
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            if self._stop_requested:
+                raise SystemExit()
+            # Only a flag: the handler runs between two statements of the loop, which may hold
+            # a lock that anything more would need.
+            self._stop_requested = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+    def _sleep_until(self, moment: float) -> None:
+        """Sleep until a monotonic time, waking up soon after a stop is requested."""
+        while not self._stop_requested and (remaining := moment - time.monotonic()) > 0:
+            time.sleep(min(remaining, STOP_CHECK_SECONDS))
+
+    def _leave(self) -> None:
+        """Release the lock and unregister, so another scheduler takes over at its next poll."""
+        try:
+            # Whether or not this process knows it holds the lock (a signal may land between the
+            # SET and the bookkeeping): the script deletes it only if the value is our name.
+            self._release_lock(keys=[self.scheduler_lock_key], args=[self.name])
+            self._lock_acquired = False
+            purge = getattr(self, "purge_thread", None)
+            if purge is not None and purge.is_alive() and not self._stop_requested:
+                purge.join()  # a run that ends on its own (--burst) lets its purge finish
+            if purge is not None and purge.is_alive():
+                # The purge dies with this process; let the next scheduler start it again today
+                # rather than tomorrow (each batch is its own transaction: nothing half-done).
+                self._release_lock(keys=[RETENTION_KEY], args=[self.name])
+            self.register_death()
+        except RedisError as exc:
+            logger.warning("scheduler: could not unregister (Redis unavailable): %s", exc)
+        logger.info("scheduler stopped")
 
     def get_jobs_to_queue(self, with_times: bool = False) -> Iterator:
         """Jobs due now, to the microsecond (rq-scheduler's own check is to the whole second)."""

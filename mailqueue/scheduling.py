@@ -16,7 +16,7 @@ emails until the sweeper (run by the scheduler process) puts them back.
 """
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_rq.queues import DjangoScheduler
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
@@ -35,6 +36,10 @@ from mailqueue.liveness import live_worker_count
 from mailqueue.models import Priority
 
 logger = logging.getLogger(__name__)
+
+# More commands for the same round trip (the accepted emails' metrics counters): a request that
+# enqueues its emails pays no Redis round trip of its own for them.
+AlsoQueue = Callable[[Pipeline], None] | None
 
 DELIVER_FUNC = "mailqueue.tasks.deliver_emails"
 DRAIN_FUNC = "mailqueue.tasks.drain_queue"
@@ -90,7 +95,7 @@ def connection() -> Redis:
     return client
 
 
-def deliveries_enqueue(jobs: Iterable[DeliveryJob]) -> None:
+def deliveries_enqueue(jobs: Iterable[DeliveryJob], *, also: AlsoQueue = None) -> None:
     """Put jobs on their priority queues, or in the scheduler for a later time, in one round trip.
 
     Raises RedisError if Redis is unreachable.
@@ -136,16 +141,18 @@ def deliveries_enqueue(jobs: Iterable[DeliveryJob]) -> None:
             pipe.zadd(scheduler.scheduled_jobs_key, {job.job_id: job.run_at.timestamp()})
     for priority, datas in due.items():
         django_rq.get_queue(priority, connection=redis).enqueue_many(datas, pipeline=pipe)
+    if also is not None:
+        also(pipe)
     pipe.execute()
 
 
-def deliveries_enqueue_on_commit(jobs: Iterable[DeliveryJob]) -> None:
+def deliveries_enqueue_on_commit(jobs: Iterable[DeliveryJob], *, also: AlsoQueue = None) -> None:
     """Enqueue after the current transaction commits; if Redis is down, leave it to the sweeper."""
     jobs = list(jobs)
 
     def _enqueue() -> None:
         try:
-            deliveries_enqueue(jobs)
+            deliveries_enqueue(jobs, also=also)
         except RedisError as exc:
             # The emails are safe in PostgreSQL; the sweeper enqueues them once Redis is back.
             logger.warning(
@@ -243,7 +250,9 @@ def _drain_job_data(redis: Redis, priority: str, job_id: str):
     )
 
 
-def drains_request(priorities: Iterable[str], *, force: bool = False) -> list[str]:
+def drains_request(
+    priorities: Iterable[str], *, force: bool = False, also: AlsoQueue = None
+) -> list[str]:
     """Make sure a drain job is pending for each priority; return the ids of jobs enqueued.
 
     One `SET NX` per priority when a drain is already pending (the common case under load), one
@@ -256,15 +265,17 @@ def drains_request(priorities: Iterable[str], *, force: bool = False) -> list[st
     redis = connection()
     proposed = {priority: f"drain-{priority}-{uuid4().hex}" for priority in priorities}
     marker = {"ex": DRAIN_MARKER_TTL_SECONDS, "nx": not force}
-    if len(proposed) == 1:
-        # The API's case: one command, without a pipeline's own overhead.
+    if len(proposed) == 1 and also is None:
+        # One command, without a pipeline's own overhead.
         [(priority, job_id)] = proposed.items()
         answers = [redis.set(drain_marker_key(priority), job_id, **marker)]
     else:
         pipe = redis.pipeline()
         for priority, job_id in proposed.items():
             pipe.set(drain_marker_key(priority), job_id, **marker)
-        answers = pipe.execute()
+        if also is not None:
+            also(pipe)
+        answers = pipe.execute()[: len(proposed)]
     wanted = [priority for priority, was_set in zip(proposed, answers, strict=True) if was_set]
     if not wanted:
         return []
@@ -299,13 +310,13 @@ def drains_pending() -> dict[str, str]:
     }
 
 
-def drains_request_on_commit(priorities: Iterable[str]) -> None:
+def drains_request_on_commit(priorities: Iterable[str], *, also: AlsoQueue = None) -> None:
     """Ask for drains after the current transaction commits; if Redis is down, the sweeper will."""
     priorities = list(priorities)
 
     def _request() -> None:
         try:
-            drains_request(priorities)
+            drains_request(priorities, also=also)
         except RedisError as exc:
             logger.warning("drain request failed, the sweeper will retry: %s", exc)
 

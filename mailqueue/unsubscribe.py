@@ -59,13 +59,19 @@ def token_read(value: str) -> UnsubscribeToken:
         raise Http404("No such unsubscribe link.") from None
 
 
-def email_unsubscribe_url(email: EmailJob) -> str:
-    """The one-click unsubscribe URL of a non-transactional email (its first To recipient)."""
-    token = UnsubscribeToken(
-        address=email.recipient, client_id=email.client_id, topic=email.topic, email_id=email.pk
-    )
+def unsubscribe_url(token: UnsubscribeToken) -> str:
+    """The public one-click unsubscribe URL for a token."""
     path = reverse("unsubscribe", kwargs={"token": token_make(token)})
     return f"{conf.public_url()}{path}"
+
+
+def email_unsubscribe_url(email: EmailJob) -> str:
+    """The one-click unsubscribe URL of a non-transactional email (its first To recipient)."""
+    return unsubscribe_url(
+        UnsubscribeToken(
+            address=email.recipient, client_id=email.client_id, topic=email.topic, email_id=email.pk
+        )
+    )
 
 
 def email_unsubscribe_headers(email: EmailJob) -> dict[str, str]:

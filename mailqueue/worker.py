@@ -1,4 +1,17 @@
-"""The RQ worker class Mailqueue runs (settings.RQ['WORKER_CLASS'])."""
+"""The RQ worker class Mailqueue runs (settings.RQ['WORKER_CLASS']).
+
+Stopping: the first SIGTERM (or SIGINT) is RQ's warm shutdown, and also tells the delivery in
+hand to finish the sends under way, write their outcomes and put the rest of its emails back to
+`queued` at once (services/delivery.py); the worker then exits. A second signal, more than a
+second later (RQ ignores a repeat within one second), is RQ's cold shutdown: the job is
+interrupted, what is known is written, and the process exits without waiting for the sends still
+under way; their emails stay `sending` until the sweeper takes them back after their lease.
+"""
+
+import logging
+import os
+import sys
+from types import FrameType
 
 from django.db import close_old_connections, connection
 from rq.job import Job
@@ -7,7 +20,9 @@ from rq.worker import SimpleWorker
 
 from mailqueue.priorities import HIGH, WEBHOOKS
 from mailqueue.providers import close_all
-from mailqueue.services.delivery import send_pool_shutdown
+from mailqueue.services.delivery import deliveries_stop, send_pool_shutdown
+
+logger = logging.getLogger(__name__)
 
 
 class MailqueueWorker(SimpleWorker):
@@ -36,6 +51,7 @@ class MailqueueWorker(SimpleWorker):
             )
             self.queues.insert(names.index(HIGH) + 1, webhooks)
             self._ordered_queues = self.queues[:]
+        self._cold_shutdown = False
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Drop a dead or stale database connection before each job, as Django does per request."""
@@ -52,8 +68,42 @@ class MailqueueWorker(SimpleWorker):
             self.pubsub_thread.stop()
         super().unsubscribe()
 
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Warm shutdown: the delivery in hand stops handing out emails, then RQ's own stop."""
+        deliveries_stop()
+        super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Cold shutdown: RQ's own (a SystemExit in the job), remembered for teardown."""
+        try:
+            super().request_force_stop(signum, frame)
+        except SystemExit:
+            self._cold_shutdown = True
+            raise
+
     def teardown(self) -> None:
-        """Stop the send threads and close provider connections on shutdown."""
+        """Stop the send threads and close provider connections on shutdown; after a cold
+        shutdown, exit at once instead."""
+        if self._cold_shutdown:
+            self._exit_now()
         send_pool_shutdown()
         close_all()
         super().teardown()
+
+    def _exit_now(self) -> None:
+        """Leave RQ's registries and end the process without waiting for the send threads.
+
+        Python joins every send thread at exit, and one may be in the middle of an SMTP
+        conversation that lasts up to its timeout; closing its connection from here would block
+        on that conversation too. The operating system closes the sockets instead.
+        """
+        send_pool_shutdown(wait=False)
+        try:
+            super().teardown()
+        except Exception:
+            logger.exception("cold shutdown: could not unregister the worker")
+        logger.warning("cold shutdown: sends under way are left to their lease")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,4 +1,5 @@
-"""`make run`: migrate, load templates, then run web + worker + scheduler until Ctrl-C.
+"""`make run`: migrate, load templates, then run web + worker + scheduler + event consumer until
+Ctrl-C.
 
 Prints the URLs, an admin login and a ready API key. State that must survive restarts (the admin
 password, the API key) is kept in .run/, which git ignores.
@@ -39,6 +40,7 @@ def setup() -> tuple[str, str]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     manage("migrate", "--no-input", "-v", "0")
     manage("load_default_templates")
+    manage("load_event_rules", "--client", "local")
     django.setup()
     from django.contrib.auth import get_user_model
 
@@ -98,6 +100,8 @@ def main() -> int:
         # One worker drains every priority's queue, highest first.
         "worker": [PYTHON, "manage.py", "rqworker", *Priority.values],
         "scheduler": [PYTHON, "manage.py", "rqscheduler"],
+        # Events XADDed to mailqueue:events (client `local`, rules of fixtures/event_rules.json).
+        "consumer": [PYTHON, "manage.py", "consume_events"],
     }
     processes = {
         name: subprocess.Popen(
@@ -138,7 +142,10 @@ def main() -> int:
       -H "Content-Type: application/json" \\
       -d '{{"to": "ada@example.com", "template": "welcome", "context": {{"name": "Ada", "company_name": "Acme", "login_url": "https://example.com/login"}}}}'
 
-  Ctrl-C stops web, worker and scheduler.
+  Or publish an event (the consumer turns it into the same email):
+    redis-cli XADD mailqueue:events '*' event '{{"id": "1", "type": "user.registered", "client": "local", "data": {{"email": "ada@example.com", "name": "Ada", "company_name": "Acme", "login_url": "https://example.com/login"}}}}'
+
+  Ctrl-C stops web, worker, scheduler and consumer.
 """,
         flush=True,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import django_rq
 import pytest
 import yaml
-from django.core.management import call_command
+from django.core.management import call_command, get_commands
 from django.urls import resolve
 
 from mailqueue.health import health_live, health_ready
@@ -64,6 +64,23 @@ def test_compose_processes_run_known_roles_and_their_health_checks():
     for role in ("worker", "scheduler"):
         test = services[role]["healthcheck"]["test"]
         assert test == ["CMD", "python", "manage.py", "mailqueue_healthcheck", role]
+
+
+def test_compose_runs_the_event_consumer_with_its_health_check():
+    """The consumer service runs `consume_events` (the entrypoint passes any other word to
+    manage.py) and checks itself with `mailqueue_healthcheck consumer`."""
+    consumer = _compose()["services"]["consumer"]
+    assert consumer["command"] == ["consume_events"]
+    assert "consume_events" not in _entrypoint_roles()
+    assert consumer["command"][0] in get_commands()
+    assert consumer["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "manage.py",
+        "mailqueue_healthcheck",
+        "consumer",
+    ]
+    assert consumer["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_k8s_runs_web_worker_and_scheduler_with_probes_and_resources():
@@ -139,3 +156,35 @@ def test_k8s_worker_liveness_command_passes_with_a_live_worker():
         worker.register_death()
 
     assert "healthy: 1 live worker" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_k8s_consumer_runs_consume_events_with_its_probe_and_resources():
+    """The consumer Deployment runs `consume_events`, with requests, limits, a selector that
+    matches its pods and the `mailqueue_healthcheck consumer` liveness probe, which passes
+    while a consumer of this host renews its heartbeat."""
+    from event_sends.consumer import EventConsumer
+
+    deployment = _k8s()[("Deployment", "mailqueue-consumer")]
+    container = _container(deployment)
+    assert container["args"] == ["consume_events"]
+    assert container["args"][0] in get_commands()
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    command = container["livenessProbe"]["exec"]["command"]
+    assert command == ["python", "manage.py", "mailqueue_healthcheck", "consumer"]
+
+    consumer = EventConsumer(name="probe-test")
+    consumer.step()
+    out = StringIO()
+    try:
+        call_command(*command[2:], stdout=out)
+    finally:
+        consumer.request_stop()
+        consumer.run()
+
+    assert "healthy: 1 live consumer" in out.getvalue()
+    with pytest.raises(SystemExit):
+        call_command(*command[2:], stdout=StringIO(), stderr=StringIO())

@@ -272,10 +272,13 @@ def content_track(
             opens=email.track_opens,
             clicks=email.track_clicks,
         )
-    except Exception:
+    except Exception as exc:
         # HTML the parser chokes on (conditional comments of Outlook, broken markup): send it
-        # as written, untracked, rather than fail an email over an add-on.
-        logger.warning("email %s: HTML not trackable, sent untracked", email.pk, exc_info=True)
+        # as written, untracked, rather than fail an email over an add-on. Only the error's
+        # class is logged: a parser's message may quote the email's content.
+        logger.warning(
+            "email %s: HTML not trackable (%s), sent untracked", email.pk, type(exc).__name__
+        )
         return content, []
     rows = [
         TrackedLink(email_id=email.pk, position=position, url=url)

@@ -275,6 +275,7 @@ def _suppressions(parsed: list[_Parsed], linked: dict[str, EmailJob]) -> list[Ne
                     client=Client(pk=email.client_id),
                     topic=email.topic,
                     source_event_id=row.pk,
+                    via="esp",
                 )
             )
             continue

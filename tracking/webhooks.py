@@ -23,6 +23,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern
 
+from mailqueue.metrics.recording import esp_events_count
 from tracking.esp_events import esp_events_record
 from tracking.sns import sns_message_verify, sns_subscription_confirm
 
@@ -121,8 +122,9 @@ class StoredTrackingMixin(GuardedWebhookMixin):
         return bool(self.warn_if_no_basic_auth and not self.basic_auth)
 
     def handle_events(self, events: list) -> None:
-        """Store the request's events together (anymail's tracking signal is not sent)."""
-        esp_events_record(esp=self.esp, events=events)
+        """Store the request's events together (anymail's tracking signal is not sent) and
+        count the ones stored."""
+        esp_events_count(esp=self.esp, events=esp_events_record(esp=self.esp, events=events))
 
 
 class AmazonSESTrackingWebhook(StoredTrackingMixin, AmazonSESTrackingWebhookView):

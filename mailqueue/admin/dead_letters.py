@@ -6,18 +6,14 @@ cancelled before every email exhausts its attempts.
 
 from typing import Any
 
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from mailqueue.admin.helpers import (
-    admin_url,
-    email_changelist_url,
-    emails_cancel_bulk,
-    emails_retry_bulk,
-)
+from mailqueue.admin.helpers import admin_url, email_changelist_url
 from mailqueue.models import EmailStatus
 from mailqueue.selectors.dead_letters import (
     DEAD_LETTER_GROUPS_SHOWN,
@@ -26,6 +22,8 @@ from mailqueue.selectors.dead_letters import (
     retrying_emails_in_group,
     retrying_groups,
 )
+from mailqueue.services import BulkResult
+from mailqueue.services.emails import emails_cancel_matching, emails_retry_matching
 
 
 class DeadLettersAdminMixin:
@@ -79,21 +77,37 @@ class DeadLettersAdminMixin:
         info = self.opts.app_label, self.opts.model_name
         return HttpResponseRedirect(reverse("admin:{}_{}_dead_letters".format(*info)))
 
+    def _report(self, request: HttpRequest, result: BulkResult, *, verb: str, why: str) -> None:
+        level = messages.SUCCESS if result.changed else messages.WARNING
+        self.message_user(
+            request,
+            f"{verb} {result.changed} email(s); skipped {result.skipped} that {why}.",
+            level,
+        )
+
     def dead_letters_retry_view(self, request: HttpRequest) -> HttpResponse:
-        """Queue every failed email of one group again (POST), through emails_retry_many."""
+        """Queue every failed email of one group again (POST), with the statement the API's
+        POST /failed/retry/ runs (emails_retry_matching)."""
         return require_POST(self._retry_group)(request)
 
     def _retry_group(self, request: HttpRequest) -> HttpResponse:
-        emails_retry_bulk(
-            self, request, failed_emails_in_group(error_group=self._group_key(request))
-        )
+        emails = failed_emails_in_group(error_group=self._group_key(request))
+        result = emails_retry_matching(emails=emails, skip_suppressed=True)
+        why = "were not failed or cancelled"
+        if result.skipped:
+            why += " or had only suppressed recipients"
+        self._report(request, result, verb="Retried", why=why)
         return self._back_to_dead_letters()
 
     def dead_letters_cancel_view(self, request: HttpRequest) -> HttpResponse:
-        """Cancel every retrying email of one group (POST), through emails_cancel_many."""
+        """Cancel every retrying email of one group (POST), with the statement the API's
+        POST /failed/cancel/ runs (emails_cancel_matching)."""
         return require_POST(self._cancel_group)(request)
 
     def _cancel_group(self, request: HttpRequest) -> HttpResponse:
-        key = self._group_key(request)
-        emails_cancel_bulk(self, request, retrying_emails_in_group(error_group=key))
+        emails = retrying_emails_in_group(error_group=self._group_key(request))
+        result = emails_cancel_matching(emails=emails)
+        self._report(
+            request, result, verb="Cancelled", why="were not scheduled, queued or retrying"
+        )
         return self._back_to_dead_letters()

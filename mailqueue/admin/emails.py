@@ -50,6 +50,7 @@ from mailqueue.selectors.timeline import email_get_for_timeline, email_origin, e
 from mailqueue.services import email_cancel, email_retry
 from mailqueue.services.delivery import email_render
 from mailqueue.services.emails import CANCELLABLE, RETRYABLE
+from mailqueue.services.redaction import content_redact, context_redact, email_secret_values
 from mailqueue.services.retention import recipient_data_erase
 from mailqueue.validation import address_spec
 from templates_app.models import EmailTemplate
@@ -443,7 +444,9 @@ class EmailJobAdmin(
 
     @admin.display(description="context")
     def context_display(self, obj: EmailJob) -> SafeString:
-        """Template context as indented JSON."""
+        """Template context as indented JSON, secret values (a one-time code) masked."""
+        if obj.secret_context_keys:
+            return pretty_json(context_redact(context=obj.context, keys=obj.secret_context_keys))
         return pretty_json(obj.context)
 
     @admin.display(description="headers")
@@ -484,6 +487,8 @@ class EmailJobAdmin(
         except MailqueueError as exc:
             where = f"{exc.field}: " if exc.field else ""
             return error_block(f"Cannot render this email: {where}{exc.message}")
+        # The preview renders with the real context: a one-time code must not show.
+        content = content_redact(content=content, secrets=email_secret_values(email=obj))
         return rendered_parts(
             subject=content.subject,
             html=content.html,

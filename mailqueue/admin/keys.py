@@ -75,17 +75,17 @@ class ApiKeyCreateForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ("client", "name", "scopes")
+        fields = ("client", "name", "scopes", "all_clients")
 
 
 class ApiKeyChangeForm(forms.ModelForm):
-    """An existing key: label, scopes and whether it is active."""
+    """An existing key: label, scopes, whether it is active and whether it sees every client."""
 
     scopes = ScopesField(help_text="What the key may do.")
 
     class Meta:
         model = ApiKey
-        fields = ("name", "scopes", "is_active")
+        fields = ("name", "scopes", "is_active", "all_clients")
 
 
 @admin.register(ApiKey)
@@ -98,11 +98,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "name",
         "scopes_display",
         "is_active",
+        "all_clients",
         "last_used_at",
         "created_at",
     )
     list_select_related = ("client",)
-    list_filter = ("is_active", "client")
+    list_filter = ("is_active", "all_clients", "client")
     search_fields = ("name", "prefix", "client__name")
     actions = ("revoke_selected",)
 
@@ -116,13 +117,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         """The key hash is never shown; the prefix identifies the key."""
         if obj is None:
-            return ["client", "name", "scopes"]
+            return ["client", "name", "scopes", "all_clients"]
         return [
             "key_display",
             "client",
             "name",
             "scopes",
             "is_active",
+            "all_clients",
             "last_used_at",
             "created_at",
         ]
@@ -141,7 +143,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             changed = {
                 name: form.cleaned_data[name]
                 for name in form.changed_data
-                if name in ("name", "scopes", "is_active")
+                if name in ("name", "scopes", "is_active", "all_clients")
             }
             api_key_update(api_key=obj, **changed)
             return
@@ -149,6 +151,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             client_name=form.cleaned_data["client"].name,
             scopes=form.cleaned_data["scopes"],
             name=form.cleaned_data["name"],
+            all_clients=form.cleaned_data["all_clients"],
         )
         copy_saved_instance(target=obj, saved=issued.api_key)
         messages.success(

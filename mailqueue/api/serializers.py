@@ -264,6 +264,8 @@ class EmailDetailOutputSerializer(EmailListOutputSerializer):
             "clicked_at",
             "bounced_at",
             "complained_at",
+            # The X-Request-ID of the request that created it ("" if not made by a request).
+            "request_id",
             "events",
             "delivery_attempts",
         ]

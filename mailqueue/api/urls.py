@@ -1,8 +1,9 @@
 """/api/v1/ routes: one path, one view."""
 
-from django.urls import path
+from django.urls import include, path
 
 from client_webhooks import api as webhook_views
+from mailqueue.api import failed as failed_views
 from mailqueue.api import queues as queue_views
 from mailqueue.api import suppressions as suppression_views
 from mailqueue.api import views
@@ -11,6 +12,9 @@ from templates_app import api as template_views
 app_name = "api"
 
 urlpatterns = [
+    path("event-rules/", include("event_sends.urls")),
+    path("topics/", include("topics.urls")),
+    path("otp/", include("otp.urls")),
     path("webhooks/", webhook_views.WebhookEndpointsApi.as_view(), name="webhooks"),
     path(
         "webhooks/<uuid:endpoint_id>/",
@@ -29,6 +33,9 @@ urlpatterns = [
         suppression_views.SuppressionDetailApi.as_view(),
         name="suppression-detail",
     ),
+    path("failed/", failed_views.FailedEmailsApi.as_view(), name="failed"),
+    path("failed/retry/", failed_views.FailedRetryApi.as_view(), name="failed-retry"),
+    path("failed/cancel/", failed_views.FailedCancelApi.as_view(), name="failed-cancel"),
     path("queues/", queue_views.QueuesApi.as_view(), name="queues"),
     path("queues/<str:name>/pause/", queue_views.QueuePauseApi.as_view(), name="queue-pause"),
     path("queues/<str:name>/resume/", queue_views.QueueResumeApi.as_view(), name="queue-resume"),

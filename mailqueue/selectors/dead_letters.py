@@ -1,11 +1,13 @@
-"""The admin's dead letters: failed and retrying emails grouped by error, across all clients."""
+"""Dead letters: failed and retrying emails grouped by error, for the admin (every client) and
+the failed-email API (one client, or every client for an `all_clients` key)."""
 
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from django.db.models import Count, Max, Min, Q, QuerySet
 
-from mailqueue.models import EmailJob, EmailStatus
+from mailqueue.models import Client, EmailJob, EmailStatus
 from mailqueue.services.dead_letters import error_pattern
 
 # More groups than this means something else is wrong; the page shows the biggest ones.
@@ -59,15 +61,47 @@ def failed_emails_in_group(*, error_group: str) -> QuerySet[EmailJob]:
     return EmailJob.objects.filter(status=EmailStatus.FAILED, error_group=error_group)
 
 
-def dead_letter_groups(*, limit: int = DEAD_LETTER_GROUPS_SHOWN) -> list[DeadLetterGroup]:
-    """Failed emails grouped by error, biggest group first, with when each group failed.
+def dead_letter_emails(
+    *,
+    status: str,
+    client: Client | None,
+    error_group: str | None = None,
+    batch: UUID | None = None,
+    template: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> QuerySet[EmailJob]:
+    """The emails in one status (failed, retrying) of a client, or of every client for None,
+    filtered; a batch or template slug the client has no emails of simply matches nothing."""
+    queryset = EmailJob.objects.filter(status=status)
+    if client is not None:
+        queryset = queryset.filter(client=client)
+    if error_group:
+        queryset = queryset.filter(error_group=error_group)
+    if batch:
+        queryset = queryset.filter(batch_id=batch)
+    if template:
+        queryset = queryset.filter(template__slug=template)
+    if created_after:
+        queryset = queryset.filter(created_at__gte=created_after)
+    if created_before:
+        queryset = queryset.filter(created_at__lt=created_before)
+    return queryset
 
-    One GROUP BY over the partial index on failed rows (key and time only, so an index-only
-    scan), then one small query for a sample of each group: the row that failed last.
+
+def dead_letter_groups(
+    *, emails: QuerySet[EmailJob] | None = None, limit: int = DEAD_LETTER_GROUPS_SHOWN
+) -> list[DeadLetterGroup]:
+    """Failed emails (all of them, or those of `emails`) grouped by error, biggest group first
+    (then the one that failed last), with when each group failed.
+
+    One GROUP BY (unfiltered, over the partial index on failed rows: key and time only, so an
+    index-only scan), then one small query for a sample of each group: the row that failed last.
     """
+    if emails is None:
+        emails = EmailJob.objects.filter(status=EmailStatus.FAILED)
     rows = list(
-        EmailJob.objects.filter(status=EmailStatus.FAILED)
-        .values("error_group")
+        emails.values("error_group")
         .annotate(**_group_span())
         .order_by("-count", "-last_seen", "error_group")[:limit]
     )
@@ -79,10 +113,7 @@ def dead_letter_groups(*, limit: int = DEAD_LETTER_GROUPS_SHOWN) -> list[DeadLet
         latest |= Q(error_group=row["error_group"], updated_at=row["last_seen"])
     samples: dict[str, dict] = {}
     for sample in (
-        EmailJob.objects.filter(status=EmailStatus.FAILED)
-        .filter(latest)
-        .order_by()
-        .values("error_group", "error_class", "last_error")
+        emails.filter(latest).order_by().values("error_group", "error_class", "last_error")
     ):
         samples.setdefault(sample["error_group"], sample)
     groups = []
@@ -92,8 +123,7 @@ def dead_letter_groups(*, limit: int = DEAD_LETTER_GROUPS_SHOWN) -> list[DeadLet
         if sample is None:
             # Its last row changed between the two queries (retried just now): any row will do.
             sample = (
-                failed_emails_in_group(error_group=key).values("error_class", "last_error").first()
-                or {}
+                emails.filter(error_group=key).values("error_class", "last_error").first() or {}
             )
         groups.append(_group(key=key, sample=sample, **row))
     return groups

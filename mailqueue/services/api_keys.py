@@ -44,8 +44,13 @@ def _check_scopes(scopes: list[str]) -> None:
 
 
 @transaction.atomic
-def api_key_create(*, client_name: str, scopes: list[str], name: str = "") -> IssuedKey:
-    """Create a key for a client (creating the client if needed) and return its plaintext once."""
+def api_key_create(
+    *, client_name: str, scopes: list[str], name: str = "", all_clients: bool = False
+) -> IssuedKey:
+    """Create a key for a client (creating the client if needed) and return its plaintext once.
+
+    `all_clients`: the failed-email endpoints act on every client's emails, not only its own.
+    """
     _check_scopes(scopes)
     client, _ = Client.objects.get_or_create(name=client_name)
     prefix = secrets.token_hex(4)
@@ -56,6 +61,7 @@ def api_key_create(*, client_name: str, scopes: list[str], name: str = "") -> Is
         prefix=prefix,
         key_hash=_hash(secret),
         scopes=sorted(set(scopes)),
+        all_clients=all_clients,
     )
     return IssuedKey(api_key=api_key, plaintext=f"{KEY_PREFIX}_{prefix}_{secret}")
 
@@ -112,8 +118,9 @@ def api_key_update(
     name: str | None = None,
     scopes: list[str] | None = None,
     is_active: bool | None = None,
+    all_clients: bool | None = None,
 ) -> ApiKey:
-    """Change a key's label, scopes or active flag (never its secret or its client)."""
+    """Change a key's label, scopes, active flag or `all_clients` (never its secret or client)."""
     fields = {}
     if name is not None:
         fields["name"] = name
@@ -122,6 +129,8 @@ def api_key_update(
         fields["scopes"] = sorted(set(scopes))
     if is_active is not None:
         fields["is_active"] = is_active
+    if all_clients is not None:
+        fields["all_clients"] = all_clients
     if fields:
         # Only these columns: last_used_at is written concurrently by requests.
         ApiKey.objects.filter(pk=api_key.pk).update(**fields)

@@ -5,6 +5,9 @@ up to MAILQUEUE_WORKER_CONCURRENCY sends at a time (threads with their own provi
 connections; they never touch the database), while the job's own thread writes the outcomes
 set-based, a small group at a time (at most OUTCOME_GROUP_SIZE emails or OUTCOME_GROUP_SECONDS
 of outcomes are held before they are written: a crash loses little).
+
+A worker asked to stop (its first SIGTERM, see worker.py) lets the sends under way finish and
+writes their outcomes, and puts the rest of its claim back to `queued` at once for another worker.
 """
 
 import logging
@@ -19,7 +22,7 @@ from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
 from django.core.mail import EmailMultiAlternatives
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -51,6 +54,7 @@ from mailqueue.scheduling import (
     deliveries_enqueue_on_commit,
     drain_started,
     drains_request,
+    drains_request_on_commit,
     email_job_id,
     jobs_waiting,
 )
@@ -58,6 +62,7 @@ from mailqueue.selectors.suppressions import email_suppressed_recipients, suppre
 from mailqueue.services.dead_letters import error_fields
 from mailqueue.services.outcomes import LEASE_LOST, Decision, decisions_record
 from mailqueue.services.queues import emails_hold_paused
+from mailqueue.services.redaction import email_secret_values, text_redact
 from mailqueue.services.suppressions import (
     email_decide_suppressed,
     email_suppression_events,
@@ -79,6 +84,19 @@ CRASHED = "crashed"
 # acceptance and this write loses at most the emails in flight plus this many outcomes.
 OUTCOME_GROUP_SIZE = 10
 OUTCOME_GROUP_SECONDS = 0.25
+# Longest a delivery waits on its send threads before looking whether a stop was requested: the
+# emails it will not send go back this soon even while a provider takes its whole timeout.
+STOP_CHECK_SECONDS = 0.1
+
+# Set by the worker's first SIGTERM or SIGINT; a process that is stopping never starts again.
+# Only ever set, never waited on: Event.set() is safe in a signal handler as long as the main
+# thread is not inside a method of the same Event.
+_stop_requested = threading.Event()
+
+
+def deliveries_stop() -> None:
+    """Ask this process's deliveries to finish the sends under way and release the rest."""
+    _stop_requested.set()
 
 
 def claimable_filter(now: datetime) -> Q:
@@ -226,6 +244,36 @@ def email_hold_lease(*, email: EmailJob) -> bool:
     if renewed:
         email.lease_expires_at = renewed_until
     return bool(renewed)
+
+
+def emails_release(*, emails: list[EmailJob]) -> int:
+    """Put claimed emails that were never handed to a provider back to `queued` at once.
+
+    Only rows still `sending` under the claim that took them move, so one taken back by the
+    sweeper and claimed by another worker meanwhile is left alone. Scheduled and retrying ones
+    become `queued` too (their time had come when they were claimed). Not an attempt: the count
+    of attempts stays. A drain is requested for their priorities; if Redis cannot take it, the
+    sweeper requests it.
+    """
+    claims: dict[UUID, list] = {}
+    for email in emails:
+        if email.claim_token is not None:
+            claims.setdefault(email.claim_token, []).append(email.pk)
+    if not claims:
+        return 0
+    owned = Q()
+    for token, ids in claims.items():
+        owned |= Q(claim_token=token, pk__in=ids)
+    released = EmailJob.objects.filter(owned, status=EmailStatus.SENDING).update(
+        status=EmailStatus.QUEUED,
+        lease_expires_at=None,
+        claim_token=None,
+        rq_job_id="",
+        updated_at=timezone.now(),
+    )
+    if released:
+        drains_request_on_commit(sorted({email.priority for email in emails}))
+    return released
 
 
 def emails_not_yet_due(*, email_ids: list[str]) -> list[EmailJob]:
@@ -596,6 +644,8 @@ class DeliveryReport:
     suppressed: int = 0
     # Due emails of a paused priority, moved to `queued` for the drain that resume requests.
     held: int = 0
+    # Claimed but never handed to a provider: back to `queued` because the worker is stopping.
+    released: int = 0
 
     def count(self, status: str) -> None:
         """Count one email's recorded outcome."""
@@ -632,12 +682,16 @@ def _send_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def send_pool_shutdown() -> None:
-    """Stop the send threads (worker shutdown); the next delivery makes new ones."""
+def send_pool_shutdown(*, wait: bool = True) -> None:
+    """Stop the send threads (worker shutdown); the next delivery makes new ones.
+
+    Without `wait` (a cold shutdown), sends not yet started are cancelled and those under way
+    are left running: waiting for them could take a provider's whole timeout.
+    """
     global _pool, _pool_size
     with _pool_lock:
         if _pool is not None:
-            _pool.shutdown(wait=True)
+            _pool.shutdown(wait=wait, cancel_futures=not wait)
         _pool, _pool_size = None, 0
 
 
@@ -671,9 +725,10 @@ class _SendWindow:
     def collect(self) -> None:
         """Wait for a send to finish (or the held group's deadline), hold its outcome, and write
         the held group once it is full, old enough, or the last one."""
-        timeout = None
+        timeout = STOP_CHECK_SECONDS
         if self.held:
-            timeout = max(0.0, self.held_since + OUTCOME_GROUP_SECONDS - time.monotonic())
+            deadline = self.held_since + OUTCOME_GROUP_SECONDS
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
         done, _ = wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
         for future in done:
             email = self.in_flight.pop(future)
@@ -703,6 +758,37 @@ class _SendWindow:
             for status in decisions_record(group):
                 self.report.count(status)
 
+    def release_unsent(self) -> None:
+        """Give back what no provider has seen: the waiting emails and the sends not started."""
+        unsent = list(self.waiting)
+        for future, email in list(self.in_flight.items()):
+            if future.cancel():
+                del self.in_flight[future]
+                unsent.append(email)
+        if not unsent:
+            return
+        try:
+            self.report.released += emails_release(emails=unsent)
+        except DatabaseError:
+            # They stay `sending`: the sweeper takes them back when their lease ends.
+            logger.exception("could not release %d unsent email(s)", len(unsent))
+        self.waiting.clear()
+
+    def abandon(self, *, release: bool) -> None:
+        """Stop at once: write the outcomes already known, release the unsent emails if asked,
+        and leave the sends under way (and the rest) to their lease."""
+        for future in [future for future in self.in_flight if future.done()]:
+            self.in_flight.pop(future)
+            if not future.cancelled() and future.exception() is None:
+                self.held.append(future.result())
+        try:
+            self.flush()
+            if release:
+                self.release_unsent()
+        except Exception:
+            # The job is ending anyway: what is not written is left to the leases.
+            logger.exception("could not record the outcomes of an interrupted delivery")
+
 
 def _deliver_claimed(
     claimed: list[EmailJob],
@@ -713,13 +799,17 @@ def _deliver_claimed(
     """Send claimed emails over the send threads, writing outcomes a small group at a time.
 
     `refill` claims more when the claimed emails are all handed out (a drain going on to its
-    next chunk while the last sends of this one finish); it returns [] to stop.
+    next chunk while the last sends of this one finish); it returns [] to stop. Once the worker
+    is asked to stop, the sends under way finish and the rest of the claim is released.
     """
     # Send threads never touch the database: the DKIM keys are loaded here (once a minute).
     dkim_keyring_refresh()
     window = _SendWindow(claimed, report)
     try:
         while True:
+            if _stop_requested.is_set():
+                refill = None
+                window.release_unsent()
             if not window.waiting and refill is not None:
                 more = refill()
                 report.claimed += len(more)
@@ -732,9 +822,14 @@ def _deliver_claimed(
             if window.in_flight:
                 window.collect()
         window.flush()  # outcomes held when the last emails in the window turned out lost
-    except BaseTimeoutException:
-        # RQ's job timeout: record what is known and stop; the rest goes back after its lease.
-        window.flush()
+    except BaseException as exc:
+        # RQ's job timeout or a cold shutdown (SystemExit from the second signal): the sends
+        # under way are not waited for (the sweeper takes their emails back after the lease) and
+        # the unsent emails go back now. After a bug, the unsent ones wait for their lease too:
+        # each time it ends counts an attempt, so a bug that recurs cannot go round forever.
+        window.abandon(
+            release=isinstance(exc, (BaseTimeoutException, SystemExit, KeyboardInterrupt))
+        )
         raise
 
 
@@ -808,7 +903,9 @@ def _higher_priority_waiting(priority: str) -> bool:
 
 def _record_crash(email: EmailJob, exc: BaseException) -> None:
     """Say on the email (and as an attempt) why its delivery crashed; the lease does the rest."""
-    message = f"worker error: {type(exc).__name__}: {exc}"[:5000]
+    message = f"worker error: {type(exc).__name__}: {exc}"
+    # An exception's text may quote the context, a one-time code included.
+    message = text_redact(message, email_secret_values(email=email))[:5000]
     try:
         with transaction.atomic():
             EmailJob.objects.filter(pk=email.pk, claim_token=email.claim_token).update(

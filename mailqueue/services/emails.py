@@ -2,23 +2,29 @@
 
 import base64
 import binascii
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, models, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from client_webhooks.services import webhooks_dispatch
 from mailqueue import conf
-from mailqueue.db import insert_one, insert_rows
+from mailqueue.db import insert_one, insert_rows, json_dumps
 from mailqueue.errors import (
     InvalidTransition,
     TemplateRenderError,
     ValidationFailed,
 )
+from mailqueue.logs import current_request_id
+from mailqueue.metrics.recording import emails_accepted_increments
 from mailqueue.models import (
     ApiKey,
     Batch,
@@ -28,6 +34,8 @@ from mailqueue.models import (
     EmailJob,
     EmailStatus,
     Priority,
+    Suppression,
+    SuppressionReason,
 )
 from mailqueue.scheduling import (
     DeliveryJob,
@@ -37,7 +45,13 @@ from mailqueue.scheduling import (
     email_job_id,
     email_job_prefix,
 )
+from mailqueue.selectors.suppressions import (
+    HASHED_ADDRESS_PREFIX,
+    email_suppressed_recipients,
+    suppressions_for_emails,
+)
 from mailqueue.services.dead_letters import error_fields
+from mailqueue.services.redaction import emails_context_redact, secret_values, text_redact
 from mailqueue.unsubscribe import check_unsubscribe_headers, email_is_transactional
 from mailqueue.validation import address_spec, check_recipient_count
 from templates_app.models import EmailTemplate, EmailTemplateVersion
@@ -45,7 +59,7 @@ from templates_app.rendering import render_subject
 from templates_app.selectors import template_get_active
 from templates_app.services import template_check_context, template_current_version
 from tracking.engagement import tracking_flags
-from tracking.models import EventType
+from tracking.models import EventType, TrackingEvent
 from tracking.services import NewEvent, events_record
 
 CANCELLABLE = (EmailStatus.SCHEDULED, EmailStatus.QUEUED, EmailStatus.RETRYING)
@@ -120,6 +134,8 @@ def _email_new(
         recipient=to_addresses[0],
         tags=list(tags),
         max_attempts=conf.max_attempts(),
+        # The X-Request-ID of the API request creating it (set by RequestLogMiddleware).
+        request_id=current_request_id(),
         **fields,
     )
 
@@ -195,8 +211,13 @@ def email_create(
     transactional: bool | None = None,
     track_opens: bool | None = None,
     track_clicks: bool | None = None,
+    secret_context_keys: Sequence[str] = (),
 ) -> EmailJob:
-    """Store one email in the outbox and ask for its delivery once the row is committed."""
+    """Store one email in the outbox and ask for its delivery once the row is committed.
+
+    `secret_context_keys` name context values (a one-time code) that are masked in everything
+    stored and shown but the message itself (see services.redaction).
+    """
     # Long only by its keywords: one per field a caller may set, passed on to the row.
     context = context or {}
     attachments = list(attachments)
@@ -204,7 +225,12 @@ def email_create(
     template_obj = template_version = None
     if template:
         template_obj, template_version, subject = _template_accept(template, context)
-    elif not subject or not (html or text):
+    if secret_context_keys:
+        if not template:
+            raise ValidationFailed("Secret context keys need a 'template'.", field="template")
+        # The subject rendered at acceptance is stored and shown: it must not carry the secret.
+        subject = text_redact(subject, secret_values(context=context, keys=secret_context_keys))
+    elif not template and (not subject or not (html or text)):
         raise ValidationFailed(
             "Give either 'template' (with 'context') or 'subject' with 'html' and/or 'text'.",
             field="template",
@@ -234,6 +260,7 @@ def email_create(
         topic=topic,
         transactional=transactional,
         **tracking_flags(track_opens=track_opens, track_clicks=track_clicks, template=template_obj),
+        secret_context_keys=list(secret_context_keys),
     )
     if email.status == EmailStatus.SCHEDULED:
         email.rq_job_id = email_job_id(email.id)
@@ -248,13 +275,16 @@ def email_create(
             )
             for item in attachments
         )
+    # Counted in the same Redis round trip that requests the delivery.
+    counted = emails_accepted_increments(queued={email.priority: 1}, stored=1).queue_on
     if email.status == EmailStatus.SCHEDULED:
         deliveries_enqueue_on_commit(
-            [DeliveryJob(email.rq_job_id, (str(email.id),), email.priority, email.send_at)]
+            [DeliveryJob(email.rq_job_id, (str(email.id),), email.priority, email.send_at)],
+            also=counted,
         )
     else:
         # Queued emails are claimed by their priority's drain job, oldest first.
-        drains_request_on_commit([email.priority])
+        drains_request_on_commit([email.priority], also=counted)
     return email
 
 
@@ -333,11 +363,12 @@ def batch_create(
     ]
     jobs = _batch_chunk_jobs(batch, emails) if status == EmailStatus.SCHEDULED else []
     insert_rows(EmailJob, emails)
+    counted = emails_accepted_increments(queued={priority: len(emails)}, stored=len(emails))
     if jobs:
-        deliveries_enqueue_on_commit(jobs)
+        deliveries_enqueue_on_commit(jobs, also=counted.queue_on)
     else:
         # Ids are time-ordered: the drain claims the batch in the order it was given.
-        drains_request_on_commit([priority])
+        drains_request_on_commit([priority], also=counted.queue_on)
     return batch
 
 
@@ -352,69 +383,270 @@ def _record_status_events(email_ids: Iterable[UUID], event_type: str, descriptio
 
 @dataclass
 class BulkResult:
-    """How many emails a bulk action changed, and how many it skipped because of their status."""
+    """How many emails a bulk action changed, and how many it matched but left as they were."""
 
     changed: int = 0
     skipped: int = 0
     changed_ids: list[UUID] = field(default_factory=list)
 
 
-def _lock_in_status(email_ids: list, statuses: Sequence[str]) -> list[dict]:
-    """Lock the rows among the ids that are in one of the statuses; return their key fields."""
-    return list(
-        EmailJob.objects.select_for_update()
-        .filter(pk__in=email_ids, status__in=statuses)
-        .values("pk", "priority", "rq_job_id", "batch_id")
+@dataclass(frozen=True)
+class _Transition:
+    """A checked status change for many emails at once, and the event each changed email gets."""
+
+    from_statuses: tuple[str, ...]
+    to_status: str
+    # Columns set beside `status` and `updated_at`.
+    assignments: dict[str, Any]
+    event_type: str
+    description: str
+
+
+_CANCEL = _Transition(
+    from_statuses=CANCELLABLE,
+    to_status=EmailStatus.CANCELLED,
+    assignments={"next_attempt_at": None},
+    event_type=EventType.CANCELLED,
+    description="Cancelled.",
+)
+# A retried email starts over: all its attempts, no error, no job of its own (a drain claims it).
+_RETRY = _Transition(
+    from_statuses=RETRYABLE,
+    to_status=EmailStatus.QUEUED,
+    assignments={
+        "send_at": None,
+        "next_attempt_at": None,
+        "lease_expires_at": None,
+        "attempts": 0,
+        **error_fields(error_class="", message=""),
+        "rq_job_id": "",
+    },
+    event_type=EventType.QUEUED,
+    description="Queued again by a retry.",
+)
+
+# True for an email (alias `email`) that has only `to` recipients, each with a suppression entry
+# that applies to it (the rule of selectors.suppressions: its client's or service-wide, its topic
+# or every topic, unsubscribes only for non-transactional email; erased addresses are stored
+# hashed). cc and bcc are stored unparsed, so an email with either is never judged suppressed.
+_ALL_RECIPIENTS_SUPPRESSED = (
+    "(email.cc = '[]'::jsonb AND email.bcc = '[]'::jsonb "
+    "AND jsonb_array_length(email.to_addresses) > 0 "
+    "AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(email.to_addresses) AS r(address) "
+    "WHERE NOT EXISTS (SELECT 1 FROM {suppressions} AS s "
+    "WHERE s.address IN (r.address, %s || encode(sha256(convert_to(r.address, 'UTF8')), 'hex')) "
+    "AND (s.client_id IS NULL OR s.client_id = email.client_id) "
+    "AND (s.topic = '' OR s.topic = email.topic) "
+    "AND (s.reason <> %s OR NOT email.transactional))))"
+)
+
+
+def _emails_transition(
+    *, emails: QuerySet[EmailJob], transition: _Transition, skip_suppressed: bool
+) -> tuple[int, list[dict]]:
+    """Apply a transition to the emails of a queryset still in one of its from-statuses, and
+    record its event for each; return how many emails the queryset matched and the changed
+    rows (pk, priority, rq_job_id)."""
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        matched, rows = _transition_postgresql(emails, transition, skip_suppressed, now)
+    else:
+        matched, rows = _transition_with_orm(emails, transition, skip_suppressed, now)
+    # A generator: nothing is built while no client has a webhook endpoint.
+    webhooks_dispatch(
+        {
+            "email_id": row["pk"],
+            "event_type": transition.event_type,
+            "occurred_at": now,
+            "description": transition.description,
+        }
+        for row in rows
     )
+    return matched, rows
 
 
-@transaction.atomic
-def emails_cancel_many(*, email_ids: Iterable[UUID]) -> BulkResult:
-    """Cancel every scheduled, queued or retrying email among the ids, in a few statements."""
-    email_ids = list(email_ids)
-    rows = _lock_in_status(email_ids, CANCELLABLE)
-    ids = [row["pk"] for row in rows]
-    if ids:
-        EmailJob.objects.filter(pk__in=ids).update(
-            status=EmailStatus.CANCELLED, next_attempt_at=None, updated_at=timezone.now()
-        )
-        _record_status_events(ids, EventType.CANCELLED, "Cancelled.")
-        # Jobs that carry only this email can go; shared jobs (batch chunks, drains) skip
-        # cancelled rows.
-        own_jobs = [
-            row["rq_job_id"]
-            for row in rows
-            if row["rq_job_id"].startswith(email_job_prefix(row["pk"]))
-            or row["rq_job_id"].startswith(f"retry-{row['pk'].hex}-")
+def _transition_postgresql(
+    emails: QuerySet[EmailJob], transition: _Transition, skip_suppressed: bool, now: datetime
+) -> tuple[int, list[dict]]:
+    """One statement: the conditional UPDATE ... RETURNING and the events' INSERT ... SELECT.
+
+    Each row is updated only if it is still in the status the queryset saw it in (PostgreSQL
+    re-checks a row changed by a concurrent transaction), so a row that moved meanwhile is
+    skipped rather than overwritten.
+    """
+    quote = connection.ops.quote_name
+    matched = emails.order_by().values_list("pk", "status")
+    matched_sql, matched_params = matched.query.sql_with_params()
+    changes = {"status": transition.to_status, **transition.assignments, "updated_at": now}
+    assignments = ", ".join(f"{quote(name)} = %s" for name in changes)
+    guard, guard_params = "", []
+    if skip_suppressed:
+        suppressions = quote(Suppression._meta.db_table)
+        guard = " AND NOT " + _ALL_RECIPIENTS_SUPPRESSED.format(suppressions=suppressions)
+        guard_params = [HASHED_ADDRESS_PREFIX, SuppressionReason.UNSUBSCRIBE]
+    event_columns, event_values, event_params = _event_select(transition, now)
+    # Only quoted names, the queryset's own SQL and placeholders are interpolated.
+    sql = (
+        f"WITH matched (id, status) AS ({matched_sql}), "  # noqa: S608
+        f"changed AS (UPDATE {quote(EmailJob._meta.db_table)} AS email SET {assignments} "
+        "FROM matched WHERE email.id = matched.id AND email.status = matched.status "
+        f"AND email.status = ANY(%s){guard} "
+        "RETURNING email.id, email.priority, email.rq_job_id), "
+        f"recorded AS (INSERT INTO {quote(TrackingEvent._meta.db_table)} ({event_columns}) "
+        f"SELECT {event_values} FROM changed) "
+        "SELECT (SELECT count(*) FROM matched), changed.id, changed.priority, changed.rq_job_id "
+        "FROM (SELECT 1) AS one LEFT JOIN changed ON true"
+    )
+    params = [
+        *matched_params,
+        *changes.values(),
+        list(transition.from_statuses),
+        *guard_params,
+        *event_params,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        result = cursor.fetchall()
+    rows = [
+        {"pk": pk, "priority": priority, "rq_job_id": rq_job_id}
+        for _, pk, priority, rq_job_id in result
+        if pk is not None
+    ]
+    return result[0][0], rows
+
+
+def _event_select(transition: _Transition, now: datetime) -> tuple[str, str, list]:
+    """The event table's columns, and the SELECT list (over `changed`) that fills them."""
+    given = {
+        "event_type": transition.event_type,
+        "description": transition.description,
+        "occurred_at": now,
+        "created_at": now,
+    }
+    columns, values, params = [], [], []
+    for model_field in TrackingEvent._meta.concrete_fields:
+        if isinstance(model_field, models.AutoField):
+            continue
+        columns.append(connection.ops.quote_name(model_field.column))
+        if model_field.attname == "email_id":
+            values.append("changed.id")
+        elif isinstance(model_field, models.JSONField):
+            values.append("%s::jsonb")
+            params.append(json_dumps(given.get(model_field.attname, model_field.get_default())))
+        else:
+            values.append("%s")
+            params.append(given.get(model_field.attname, model_field.get_default()))
+    return ", ".join(columns), ", ".join(values), params
+
+
+def _transition_with_orm(
+    emails: QuerySet[EmailJob], transition: _Transition, skip_suppressed: bool, now: datetime
+) -> tuple[int, list[dict]]:
+    """The same change through the ORM (databases other than PostgreSQL, e.g. `make run`)."""
+    matched = emails.count()
+    candidates = list(
+        emails.select_for_update()
+        .filter(status__in=transition.from_statuses)
+        .only(*_SUPPRESSION_FIELDS, "status", "priority", "rq_job_id")
+    )
+    if skip_suppressed and candidates:
+        suppressions_for_emails(emails=candidates)
+        candidates = [email for email in candidates if not _all_recipients_suppressed(email)]
+    ids = [email.pk for email in candidates]
+    changes = {"status": transition.to_status, **transition.assignments, "updated_at": now}
+    for start in range(0, len(ids), 500):
+        EmailJob.objects.filter(
+            pk__in=ids[start : start + 500], status__in=transition.from_statuses
+        ).update(**changes)
+    events_record(
+        events=[
+            NewEvent(
+                email_id=pk,
+                event_type=transition.event_type,
+                description=transition.description,
+                occurred_at=now,
+            )
+            for pk in ids
         ]
-        transaction.on_commit(lambda: delivery_jobs_cancel(own_jobs))
-    return BulkResult(changed=len(ids), skipped=len(email_ids) - len(ids), changed_ids=ids)
+    )
+    rows = [{"pk": e.pk, "priority": e.priority, "rq_job_id": e.rq_job_id} for e in candidates]
+    return matched, rows
+
+
+# What deciding whether an email's recipients are all suppressed reads.
+_SUPPRESSION_FIELDS = ("client_id", "to", "to_addresses", "cc", "bcc", "topic", "transactional")
+
+
+def _all_recipients_suppressed(email: EmailJob) -> bool:
+    """_ALL_RECIPIENTS_SUPPRESSED for an email whose suppression entries are attached."""
+    if email.cc or email.bcc or not email.to_addresses:
+        return False
+    return set(email.to_addresses) <= set(email_suppressed_recipients(email=email))
 
 
 @transaction.atomic
-def emails_retry_many(*, email_ids: Iterable[UUID]) -> BulkResult:
-    """Queue every failed or cancelled email among the ids again, sent as soon as possible.
+def emails_cancel_matching(*, emails: QuerySet[EmailJob]) -> BulkResult:
+    """Cancel every scheduled, queued or retrying email of a queryset with one conditional
+    UPDATE; `skipped` counts the queryset's other emails (e.g. claimed by a worker meanwhile)."""
+    matched, rows = _emails_transition(emails=emails, transition=_CANCEL, skip_suppressed=False)
+    # A cancelled email is never rendered again: its secret context values (if any) can go.
+    emails_context_redact(email_ids=[row["pk"] for row in rows])
+    # Jobs that carry only this email can go; shared jobs (batch chunks, drains) skip cancelled
+    # rows.
+    own_jobs = [
+        row["rq_job_id"]
+        for row in rows
+        if row["rq_job_id"].startswith(email_job_prefix(row["pk"]))
+        or row["rq_job_id"].startswith(f"retry-{row['pk'].hex}-")
+    ]
+    if own_jobs:
+        transaction.on_commit(lambda: delivery_jobs_cancel(own_jobs))
+    ids = [row["pk"] for row in rows]
+    return BulkResult(changed=len(ids), skipped=matched - len(ids), changed_ids=ids)
+
+
+@transaction.atomic
+def emails_retry_matching(
+    *, emails: QuerySet[EmailJob], skip_suppressed: bool = False
+) -> BulkResult:
+    """Queue every failed or cancelled email of a queryset again, with one conditional UPDATE.
 
     They are queued like new emails and claimed by their priority's drain (in the order they
-    were first accepted), so retrying thousands costs a few statements and one Redis call.
+    were first accepted), so retrying 100,000 costs one statement and one Redis call. `skipped`
+    counts the queryset's other emails: not failed or cancelled when the UPDATE ran, and with
+    `skip_suppressed` those whose every recipient is suppressed (a send would only mark them
+    suppressed; they stay as they are).
     """
-    email_ids = list(email_ids)
-    rows = _lock_in_status(email_ids, RETRYABLE)
-    ids = [row["pk"] for row in rows]
-    if ids:
-        EmailJob.objects.filter(pk__in=ids).update(
-            status=EmailStatus.QUEUED,
-            send_at=None,
-            next_attempt_at=None,
-            lease_expires_at=None,
-            attempts=0,
-            **error_fields(error_class="", message=""),
-            rq_job_id="",
-            updated_at=timezone.now(),
+    matched, rows = _emails_transition(
+        emails=emails, transition=_RETRY, skip_suppressed=skip_suppressed
+    )
+    if rows:
+        drains_request_on_commit(
+            sorted({row["priority"] for row in rows}),
+            also=emails_accepted_increments(
+                queued=Counter(row["priority"] for row in rows), stored=0
+            ).queue_on,
         )
-        _record_status_events(ids, EventType.QUEUED, "Queued again by a retry.")
-        drains_request_on_commit(sorted({row["priority"] for row in rows}))
-    return BulkResult(changed=len(ids), skipped=len(email_ids) - len(ids), changed_ids=ids)
+    ids = [row["pk"] for row in rows]
+    return BulkResult(changed=len(ids), skipped=matched - len(ids), changed_ids=ids)
+
+
+def emails_cancel_many(*, email_ids: Iterable[UUID]) -> BulkResult:
+    """Cancel every scheduled, queued or retrying email among the ids (see
+    emails_cancel_matching); unknown ids count as skipped."""
+    email_ids = list(email_ids)
+    result = emails_cancel_matching(emails=EmailJob.objects.filter(pk__in=email_ids))
+    result.skipped = len(email_ids) - result.changed
+    return result
+
+
+def emails_retry_many(*, email_ids: Iterable[UUID]) -> BulkResult:
+    """Queue every failed or cancelled email among the ids again (see emails_retry_matching);
+    unknown ids count as skipped."""
+    email_ids = list(email_ids)
+    result = emails_retry_matching(emails=EmailJob.objects.filter(pk__in=email_ids))
+    result.skipped = len(email_ids) - result.changed
+    return result
 
 
 def email_cancel(*, email: EmailJob) -> EmailJob:

@@ -9,6 +9,7 @@ same steps through the ORM in one transaction.
 """
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -17,8 +18,11 @@ from django.utils import timezone
 
 from client_webhooks.services import webhooks_dispatch
 from mailqueue.db import column_list, json_dumps, json_recordset, json_rows, server_binding_cursor
+from mailqueue.logs import outcomes_log
+from mailqueue.metrics.recording import outcomes_count
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit
+from mailqueue.services.redaction import decision_redact, emails_context_redact
 from tracking.models import TrackedLink, TrackingEvent
 from tracking.services import NewEvent, events_record
 
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 # decisions_record's answer for an email taken back from this worker before its outcome was
 # written (the sweeper reclaimed it after its lease ran out, another worker claimed it).
 LEASE_LOST = "lease_lost"
+# Statuses after which an email is never rendered again (its secret context values can go).
+_FINAL_STATUSES = (EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.SUPPRESSED)
 
 
 @dataclass
@@ -72,10 +78,19 @@ def decisions_record(decisions: list[Decision]) -> list[str]:
     if not decisions:
         return []
     now = timezone.now()
-    if connection.vendor == "postgresql":
-        owned_ids = _record_postgresql(decisions, now)
-    else:
-        owned_ids = _record_with_orm(decisions, now)
+    # Emails with secrets (one-time codes) are masked here, in Python, and their final context
+    # in a statement of its own: the statement every email pays for stays the same.
+    secret = [d for d in decisions if d.email.secret_context_keys]
+    for decision in secret:
+        decision_redact(decision=decision)
+    final_ids = [d.email.pk for d in secret if d.status in _FINAL_STATUSES]
+    with transaction.atomic() if final_ids else nullcontext():
+        if connection.vendor == "postgresql":
+            owned_ids = _record_postgresql(decisions, now)
+        else:
+            owned_ids = _record_with_orm(decisions, now)
+        if final_ids:
+            emails_context_redact(email_ids=[pk for pk in final_ids if pk in owned_ids])
     jobs = [d.job for d in decisions if d.job is not None and d.email.pk in owned_ids]
     if jobs:
         deliveries_enqueue_on_commit(jobs)
@@ -86,6 +101,8 @@ def decisions_record(decisions: list[Decision]) -> list[str]:
         else:
             logger.warning("email %s: left `sending` while being delivered", decision.email.pk)
             statuses.append(LEASE_LOST)
+    outcomes_count(decisions=decisions, statuses=statuses)
+    outcomes_log(decisions=decisions, statuses=statuses)
     return statuses
 
 

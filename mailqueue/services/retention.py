@@ -30,6 +30,8 @@ from mailqueue.models import (
 )
 from mailqueue.selectors.suppressions import address_hash
 from mailqueue.validation import address_spec
+from otp.selectors import codes_of_address
+from topics.selectors import subscribers_of_address
 from tracking.models import TrackedLink, TrackingEvent
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class ErasureResult:
     events_deleted: int = 0
     captured_messages_deleted: int = 0
     suppressions_hashed: int = 0
+    subscribers_deleted: int = 0
+    codes_deleted: int = 0
 
     def __str__(self) -> str:
         return " ".join(f"{name}={value}" for name, value in asdict(self).items())
@@ -199,7 +203,8 @@ def _suppressions_of(spec: str) -> QuerySet[Suppression]:
 
 def recipient_data_export(*, address: str) -> dict[str, Any]:
     """Everything stored about an address, across clients: emails (with content, attempts and
-    events), events not linked to an email, captured messages and suppressions."""
+    events), events not linked to an email, captured messages, suppressions, topic
+    subscriptions and one-time codes (without their hashes)."""
     spec = _checked_spec(address)
     emails = list(_emails_of(spec).order_by("created_at", "pk"))
     email_ids = [email.pk for email in emails]
@@ -231,6 +236,19 @@ def recipient_data_export(*, address: str) -> dict[str, Any]:
         ],
         "captured_messages": [_row(m) for m in _captures_of(spec, email_ids).order_by("pk")],
         "suppressions": [_row(entry) for entry in _suppressions_of(spec).order_by("pk")],
+        "subscriptions": [
+            {
+                **_row(subscriber, exclude=("topic",)),
+                "client": subscriber.topic.client.name,
+                "topic": subscriber.topic.slug,
+            }
+            for subscriber in subscribers_of_address(address=spec)
+        ],
+        # Codes are stored only as a keyed hash: what is kept about them, never the hash.
+        "one_time_codes": [
+            _row(code, exclude=("code_hash", "client")) | {"client_id": code.client_id}
+            for code in codes_of_address(address=spec)
+        ],
     }
 
 
@@ -243,8 +261,9 @@ def _row(instance: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def recipient_data_erase(*, address: str) -> ErasureResult:
-    """Delete every email, event and captured message naming an address, across clients, and
-    keep its suppressions only as a hash, so the address stays suppressed."""
+    """Delete every email, event, captured message, subscription and one-time code of an
+    address, across clients, and keep its suppressions only as a hash, so the address stays
+    suppressed."""
     spec = _checked_spec(address)
     result = ErasureResult()
     with transaction.atomic():
@@ -257,6 +276,8 @@ def recipient_data_erase(*, address: str) -> ErasureResult:
         ).delete()
         result.events_deleted = per_model.get(TrackingEvent._meta.label, 0) + unlinked
         result.suppressions_hashed = _suppressions_hash(spec)
+        result.subscribers_deleted, _ = subscribers_of_address(address=spec).delete()
+        result.codes_deleted, _ = codes_of_address(address=spec).delete()
     logger.info("erased one address's data: %s", result)
     return result
 

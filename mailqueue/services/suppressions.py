@@ -28,6 +28,9 @@ class NewSuppression:
     client: Client | None = None
     topic: str = ""
     source_event_id: int | None = None
+    # How an unsubscribe arrived, recorded on the topic's subscriber: "api", "link" (one-click),
+    # "esp" (an ESP's event); empty for an operator's entry.
+    via: str = ""
 
 
 # Reasons that protect the sending reputation every client shares: service-wide entries.
@@ -36,12 +39,18 @@ SERVICE_WIDE_REASONS = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReas
 
 def suppressions_add(*, entries: Iterable[NewSuppression]) -> None:
     """Add entries in one INSERT (addresses normalized); an entry already there is kept as it
-    is. Hard bounces and complaints become service-wide whatever client is given."""
-    rows = []
+    is. Hard bounces and complaints become service-wide whatever client is given. The topic
+    subscriptions the entries end are marked unsubscribed in the same transaction."""
+    # Imported here: topics.services creates emails through mailqueue.services, which imports
+    # this module.
+    from topics.services import subscribers_unsubscribe_suppressed
+
+    rows, kept = [], []
     for entry in entries:
         address = address_spec(entry.address)
         if not address:
             continue
+        kept.append(entry)
         client = None if entry.reason in SERVICE_WIDE_REASONS else entry.client
         rows.append(
             Suppression(
@@ -53,7 +62,10 @@ def suppressions_add(*, entries: Iterable[NewSuppression]) -> None:
             )
         )
     if rows:
-        Suppression.objects.bulk_create(rows, ignore_conflicts=True)
+        # Without a savepoint: inside a caller's transaction (a webhook's) it costs nothing.
+        with transaction.atomic(savepoint=False):
+            Suppression.objects.bulk_create(rows, ignore_conflicts=True)
+            subscribers_unsubscribe_suppressed(entries=kept)
 
 
 def suppression_add_manual(*, client: Client, address: str, topic: str = "") -> Suppression:
@@ -65,19 +77,32 @@ def suppression_add_manual(*, client: Client, address: str, topic: str = "") -> 
     return entry
 
 
-def suppressions_remove(*, client: Client, address: str, topic: str | None = None) -> int:
-    """Delete the client's own entries for an address (only one topic's when `topic` is given);
-    service-wide entries stay. Returns how many were deleted."""
+def suppressions_remove(
+    *, client: Client, address: str, topic: str | None = None, reason: str | None = None
+) -> int:
+    """Delete the client's own entries for an address (only one topic's when `topic` is given,
+    of one reason when `reason` is); service-wide entries stay. Returns how many were deleted."""
     entries = Suppression.objects.filter(client=client, address=_checked_address(address))
     if topic is not None:
         entries = entries.filter(topic=topic)
-    deleted, _ = entries.delete()
-    return deleted
+    if reason is not None:
+        entries = entries.filter(reason=reason)
+    return suppressions_delete(entries=entries)
 
 
 def suppressions_delete(*, entries: QuerySet[Suppression]) -> int:
-    """Delete entries of any kind, service-wide ones included (operators, in the admin)."""
-    deleted, _ = entries.delete()
+    """Delete entries of any kind, service-wide ones included (operators, in the admin); the
+    topic subscriptions a deleted topic unsubscribe had ended become active again."""
+    from topics.services import subscribers_resume_unsuppressed  # see suppressions_add
+
+    with transaction.atomic(savepoint=False):
+        ended = list(
+            entries.filter(reason=SuppressionReason.UNSUBSCRIBE, client__isnull=False)
+            .exclude(topic="")
+            .values_list("client_id", "topic", "address")
+        )
+        deleted, _ = entries.delete()
+        subscribers_resume_unsuppressed(removed=ended)
     return deleted
 
 
@@ -121,6 +146,7 @@ def address_unsubscribe(
                     client=client,
                     topic=topic,
                     source_event_id=events[0].pk,
+                    via="link",
                 )
             ]
         )

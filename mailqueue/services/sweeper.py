@@ -25,6 +25,7 @@ from mailqueue.scheduling import (
     jobs_alive,
 )
 from mailqueue.services.dead_letters import error_fields
+from mailqueue.services.redaction import emails_context_redact
 from tracking.models import EventType
 from tracking.services import NewEvent, events_record
 
@@ -84,7 +85,7 @@ def _reclaim_expired_leases(result: SweepResult) -> None:
     now = timezone.now()
     expired = list(
         EmailJob.objects.filter(status=EmailStatus.SENDING, lease_expires_at__lt=now).only(
-            "pk", "attempts", "max_attempts", "priority", "recipient"
+            "pk", "attempts", "max_attempts", "priority", "recipient", "secret_context_keys"
         )[: PAGE_SIZE * MAX_PAGES]
     )
     jobs = []
@@ -121,6 +122,9 @@ def _reclaim_one(email: EmailJob, *, give_up: bool, now: datetime) -> bool:
     )
     if not moved:
         return False
+    if give_up and email.secret_context_keys:
+        # Final: nothing renders it again, so its secrets (a one-time code) go.
+        emails_context_redact(email_ids=[email.pk])
     DeliveryAttempt.objects.create(
         email_id=email.pk,
         number=number,

@@ -105,19 +105,19 @@ def test_create_api_key_refuses_an_unknown_scope():
 # --- load_default_templates ------------------------------------------------------------------
 
 
-def test_there_are_nine_default_templates():
-    """The shipped fixtures are the nine documented templates."""
-    assert len(FIXTURE_SLUGS) == 9
+def test_there_are_eleven_default_templates():
+    """The shipped fixtures are the eleven documented templates."""
+    assert len(FIXTURE_SLUGS) == 11
 
 
 @pytest.mark.django_db
-def test_load_default_templates_creates_all_nine():
+def test_load_default_templates_creates_all_eleven():
     """All fixtures become active templates; the summary says so."""
     output = run("load_default_templates")
 
-    assert "9 created" in output
+    assert "11 created" in output
     assert sorted(EmailTemplate.objects.values_list("slug", flat=True)) == FIXTURE_SLUGS
-    assert EmailTemplate.objects.filter(is_active=True).count() == 9
+    assert EmailTemplate.objects.filter(is_active=True).count() == 11
 
 
 @pytest.mark.django_db
@@ -129,7 +129,7 @@ def test_load_default_templates_is_idempotent_and_keeps_local_edits():
     output = run("load_default_templates")
 
     assert "0 created, 0 updated" in output
-    assert EmailTemplate.objects.count() == 9
+    assert EmailTemplate.objects.count() == 11
     assert EmailTemplate.objects.get(slug="welcome").name == "Our welcome"
 
 
@@ -141,7 +141,7 @@ def test_load_default_templates_update_overwrites():
 
     output = run("load_default_templates", "--update")
 
-    assert "0 created, 9 updated" in output
+    assert "0 created, 11 updated" in output
     assert EmailTemplate.objects.get(slug="welcome").name == "Welcome"
 
 

@@ -27,6 +27,8 @@ from mailqueue.scheduler import RETENTION_KEY
 from mailqueue.scheduling import connection as redis_connection
 from mailqueue.scheduling import get_scheduler
 from mailqueue.selectors.suppressions import address_hash
+from otp.models import OneTimeCode
+from topics.models import Subscriber, Topic
 from tracking.models import TrackedLink, TrackingEvent
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -308,3 +310,38 @@ def test_admin_action_erases_the_selected_emails_recipients(admin_client, email_
     assert "Erased the data of 1 recipient" in response.content.decode()
     assert list(EmailJob.objects.values_list("pk", flat=True)) == [bob.pk]
     assert not EmailJob.objects.filter(pk=other_of_ada.pk).exists()
+
+
+def test_export_and_erase_cover_subscriptions_and_one_time_codes(acme):
+    """An address's topic subscriptions (any client) and its one-time codes are exported (the
+    codes without their hashes) and erased; another address's are kept."""
+    other = Client.objects.create(name="other")
+    news = Topic.objects.create(client=acme, slug="news", name="News", subject="s", text="t")
+    digest = Topic.objects.create(client=other, slug="digest", name="Digest", subject="s", text="t")
+    Subscriber.objects.create(
+        topic=news, email="ada@example.com", status="active", frequency="@weekly"
+    )
+    Subscriber.objects.create(topic=digest, email="ada@example.com", status="unsubscribed")
+    kept = Subscriber.objects.create(topic=news, email="bob@example.com")
+    now = timezone.now()
+    for address in ("ada@example.com", "bob@example.com"):
+        OneTimeCode.objects.create(
+            client=acme, address=address, purpose="login", code_hash="f" * 64,
+            created_at=now, expires_at=now + timedelta(minutes=10),
+        )  # fmt: skip
+
+    data = json.loads(run("mailqueue_export", "Ada@Example.com"))
+
+    assert sorted((s["client"], s["topic"], s["status"]) for s in data["subscriptions"]) == [
+        ("acme", "news", "active"),
+        ("other", "digest", "unsubscribed"),
+    ]
+    assert [c["purpose"] for c in data["one_time_codes"]] == ["login"]
+    assert "code_hash" not in data["one_time_codes"][0]
+    assert "f" * 64 not in json.dumps(data)
+
+    output = run("mailqueue_erase", "ada@example.com")
+
+    assert "subscribers_deleted=2 codes_deleted=1" in output
+    assert list(Subscriber.objects.all()) == [kept]
+    assert list(OneTimeCode.objects.values_list("address", flat=True)) == ["bob@example.com"]

@@ -355,6 +355,7 @@ def test_job_for_an_unknown_email_finishes_without_error(smtp_sink):
         "crashed": 0,
         "suppressed": 0,
         "held": 0,
+        "released": 0,
     }
     deliveries_enqueue(
         [

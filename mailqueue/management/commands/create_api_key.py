@@ -1,4 +1,5 @@
-"""`manage.py create_api_key CLIENT --scope send --scope read`: prints the new key last."""
+"""`manage.py create_api_key CLIENT --scope send --scope read [--all-clients]`: prints the new
+key last."""
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -22,16 +23,34 @@ class Command(BaseCommand):
             help="Scope to grant; repeat for several (default: send and read).",
         )
         parser.add_argument("--name", default="", help="A label for this key.")
+        parser.add_argument(
+            "--all-clients",
+            action="store_true",
+            help="Operators only: the failed-email endpoints act on every client's emails.",
+        )
 
-    def handle(self, *args, client: str, scopes: list[str] | None, name: str, **options) -> None:
+    def handle(
+        self,
+        *args,
+        client: str,
+        scopes: list[str] | None,
+        name: str,
+        all_clients: bool,
+        **options,
+    ) -> None:
         try:
             issued = api_key_create(
-                client_name=client, scopes=scopes or ["send", "read"], name=name
+                client_name=client,
+                scopes=scopes or ["send", "read"],
+                name=name,
+                all_clients=all_clients,
             )
         except ValidationFailed as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(
             f"Created key mq_{issued.api_key.prefix}_… for client '{client}' with scopes "
-            f"{', '.join(issued.api_key.scopes)}. Store it now: it cannot be shown again."
+            f"{', '.join(issued.api_key.scopes)}"
+            f"{' for every client' if all_clients else ''}. Store it now: it cannot be shown "
+            "again."
         )
         self.stdout.write(issued.plaintext)

@@ -1,7 +1,8 @@
-"""`manage.py mailqueue_healthcheck worker|scheduler`: exit 0 if that process is alive here.
+"""`manage.py mailqueue_healthcheck worker|scheduler|consumer`: exit 0 if that process is alive
+here.
 
-For container health checks: healthy when a worker (or a `rqscheduler`) registered from this
-host still has its heartbeat key, which a killed process stops renewing.
+For container health checks: healthy when a worker (or a `rqscheduler`, or a `consume_events`)
+registered from this host still has its heartbeat key, which a killed process stops renewing.
 """
 
 import socket
@@ -10,26 +11,32 @@ import sys
 from django.core.management.base import BaseCommand
 from redis.exceptions import RedisError
 
-from mailqueue.liveness import live_scheduler_count, live_workers_on_host
+from mailqueue.liveness import (
+    live_consumer_count,
+    live_scheduler_count,
+    live_workers_on_host,
+)
 from mailqueue.scheduling import connection
 
 
 class Command(BaseCommand):
-    """Report whether a worker (on this host) or a scheduler is alive."""
+    """Report whether a worker, a scheduler or an event consumer is alive on this host."""
 
-    help = "Exit 0 if a live worker (or scheduler) runs on this host."
+    help = "Exit 0 if a live worker (or scheduler, or event consumer) runs on this host."
 
     def add_arguments(self, parser) -> None:
         """The role to check."""
-        parser.add_argument("role", choices=["worker", "scheduler"])
+        parser.add_argument("role", choices=["worker", "scheduler", "consumer"])
 
     def handle(self, *args, role: str, **options) -> None:
         """Print what was found; exit 1 when nothing is alive or Redis cannot be reached."""
         try:
             if role == "worker":
                 alive = live_workers_on_host(connection(), socket.gethostname())
-            else:
+            elif role == "scheduler":
                 alive = live_scheduler_count(connection(), hostname=socket.gethostname())
+            else:
+                alive = live_consumer_count(connection(), hostname=socket.gethostname())
         except RedisError as exc:
             self.stderr.write(f"unhealthy: Redis unavailable: {exc}")
             sys.exit(1)

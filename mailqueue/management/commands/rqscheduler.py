@@ -30,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("args", nargs="*")
 
     def handle(self, *args, interval: float, burst: bool, pid: str | None, **options) -> None:
-        """Run the scheduler loop until stopped."""
+        """Run the scheduler loop until SIGTERM or SIGINT (see mailqueue/scheduler.py)."""
         if pid:
             with open(pid, "w") as handle:
                 handle.write(str(__import__("os").getpid()))

@@ -1,0 +1,1 @@
+"""Emails triggered by events other services publish to Redis."""

@@ -1,0 +1,1 @@
+"""One-time codes sent by email and verified through the API."""

@@ -1,0 +1,1 @@
+"""Topics people subscribe to, and their subscribers."""
