@@ -1,6 +1,5 @@
 """Webhook endpoint API: register, list, read, change and delete the client's endpoints."""
 
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -15,7 +14,7 @@ from client_webhooks.services import (
     webhook_endpoint_update,
 )
 from mailqueue.api.serializers import StrictSerializer
-from mailqueue.api.views import ScopedApiView
+from mailqueue.api.views import ScopedApiView, created_response
 from tracking.models import EventType
 
 EVENT_CHOICES = ["*", *EventType.values]
@@ -102,11 +101,11 @@ class WebhookEndpointsApi(ScopedApiView):
         serializer = WebhookEndpointCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         endpoint = webhook_endpoint_create(client=request.auth.client, **serializer.validated_data)
-        response = Response(
-            WebhookEndpointCreatedOutputSerializer(endpoint).data, status=status.HTTP_201_CREATED
+        return created_response(
+            WebhookEndpointCreatedOutputSerializer(endpoint).data,
+            url_name="api:webhook-detail",
+            endpoint_id=endpoint.pk,
         )
-        response["Location"] = reverse("api:webhook-detail", kwargs={"endpoint_id": endpoint.pk})
-        return response
 
 
 class WebhookEndpointDetailApi(ScopedApiView):

@@ -1,6 +1,5 @@
 """Event rule API: list, create, read, change and delete the calling client's rules."""
 
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -12,7 +11,7 @@ from event_sends.services import event_rule_create, event_rule_delete, event_rul
 from mailqueue.api.fields import SingleLineCharField
 from mailqueue.api.schema import field_errors_response
 from mailqueue.api.serializers import StrictSerializer
-from mailqueue.api.views import ScopedApiView
+from mailqueue.api.views import ScopedApiView, created_response
 from mailqueue.models import Priority
 
 RULE_ERRORS = {400: field_errors_response("A field is missing or invalid; the body names it.")}
@@ -81,9 +80,9 @@ class EventRulesApi(ScopedApiView):
         serializer = EventRuleInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         rule = event_rule_create(client=request.auth.client, **serializer.validated_data)
-        response = Response(EventRuleOutputSerializer(rule).data, status=status.HTTP_201_CREATED)
-        response["Location"] = reverse("api:event-rule-detail", kwargs={"rule_id": rule.pk})
-        return response
+        return created_response(
+            EventRuleOutputSerializer(rule).data, url_name="api:event-rule-detail", rule_id=rule.pk
+        )
 
 
 class EventRuleDetailApi(ScopedApiView):

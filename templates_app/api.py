@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from mailqueue.api.fields import AddressField, JSONObjectField
 from mailqueue.api.serializers import EmailAcceptedOutputSerializer, StrictSerializer
-from mailqueue.api.views import ScopedApiView
+from mailqueue.api.views import ScopedApiView, created_response
 from mailqueue.services import template_send_test
 from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.selectors import template_get, template_list
@@ -121,9 +121,11 @@ class TemplatesApi(ScopedApiView):
             created_by=f"API key {request.auth}", **serializer.validated_data
         )
         template = template_get(slug=template.slug)  # with its versions
-        response = Response(TemplateOutputSerializer(template).data, status=status.HTTP_201_CREATED)
-        response["Location"] = reverse("api:template-detail", kwargs={"slug": template.slug})
-        return response
+        return created_response(
+            TemplateOutputSerializer(template).data,
+            url_name="api:template-detail",
+            slug=template.slug,
+        )
 
 
 class TemplateDetailApi(ScopedApiView):

@@ -2,7 +2,6 @@
 read) and their subscribers (scope `send` to write, `read` to read)."""
 
 from django.db.models import QuerySet
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -12,7 +11,7 @@ from mailqueue.api.fields import AddressField, JSONObjectField
 from mailqueue.api.pagination import CreatedCursorPagination
 from mailqueue.api.schema import field_errors_response
 from mailqueue.api.serializers import StrictSerializer
-from mailqueue.api.views import ScopedApiView
+from mailqueue.api.views import ScopedApiView, created_response
 from topics.models import DEFAULT_SEND_TIME, Frequency, Subscriber, SubscriberStatus, Topic
 from topics.selectors import subscriber_get, subscriber_list, topic_get, topic_list
 from topics.services import (
@@ -159,9 +158,9 @@ class TopicsApi(ScopedApiView):
         serializer = TopicInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         topic = topic_create(client=request.auth.client, **serializer.validated_data)
-        response = Response(TopicOutputSerializer(topic).data, status=status.HTTP_201_CREATED)
-        response["Location"] = reverse("api:topic-detail", kwargs={"slug": topic.slug})
-        return response
+        return created_response(
+            TopicOutputSerializer(topic).data, url_name="api:topic-detail", slug=topic.slug
+        )
 
 
 class TopicDetailApi(ScopedApiView):

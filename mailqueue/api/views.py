@@ -68,6 +68,13 @@ class ScopedApiView(APIView):
         return [*methods, "HEAD"] if "GET" in methods else methods
 
 
+def created_response(data: dict, *, url_name: str, **url_kwargs: object) -> Response:
+    """A 201 with the new resource's body and its URL in `Location`."""
+    response = Response(data, status=status.HTTP_201_CREATED)
+    response["Location"] = reverse(url_name, kwargs=url_kwargs)
+    return response
+
+
 class EmailsApi(ScopedApiView):
     """POST: accept an email (scope `send`). GET: list the client's emails (scope `read`)."""
 
