@@ -2,15 +2,13 @@
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailqueue.api.fields import JSONObjectField
+from mailqueue.api.fields import AddressField, JSONObjectField
 from mailqueue.api.schema import field_errors_response
 from mailqueue.api.serializers import StrictSerializer
 from mailqueue.api.views import ScopedApiView
-from otp.errors import OtpRateLimited
 from otp.services import (
     DEFAULT_PURPOSE,
     LENGTH_RANGE,
@@ -26,7 +24,7 @@ PURPOSE_FIELD = {"max_length": 100, "required": False, "default": DEFAULT_PURPOS
 class OtpIssueInputSerializer(StrictSerializer):
     """Body of POST /api/v1/otp/."""
 
-    email = serializers.EmailField(max_length=320)
+    email = AddressField()
     length = serializers.IntegerField(
         required=False, default=6, min_value=LENGTH_RANGE[0], max_value=LENGTH_RANGE[1]
     )
@@ -48,7 +46,7 @@ class OtpIssueOutputSerializer(serializers.Serializer):
 class OtpVerifyInputSerializer(StrictSerializer):
     """Body of POST /api/v1/otp/verify/."""
 
-    email = serializers.EmailField(max_length=320)
+    email = AddressField()
     code = serializers.CharField(max_length=32)
     purpose = serializers.SlugField(**PURPOSE_FIELD)
 
@@ -75,11 +73,6 @@ class OtpVerifyOutputSerializer(serializers.Serializer):
         return data
 
 
-def _rate_limited(exc: OtpRateLimited) -> Throttled:
-    """DRF's 429, whose handler sets the Retry-After header."""
-    return Throttled(wait=exc.retry_after, detail=exc.message)
-
-
 class OtpIssueApi(ScopedApiView):
     """POST: email a new one-time code to an address (scope `send`)."""
 
@@ -99,10 +92,7 @@ class OtpIssueApi(ScopedApiView):
         serializer = OtpIssueInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         api_key = request.auth
-        try:
-            code = otp_issue(client=api_key.client, api_key=api_key, **serializer.validated_data)
-        except OtpRateLimited as exc:
-            raise _rate_limited(exc) from None
+        code = otp_issue(client=api_key.client, api_key=api_key, **serializer.validated_data)
         return Response(OtpIssueOutputSerializer(code).data, status=status.HTTP_202_ACCEPTED)
 
 

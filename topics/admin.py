@@ -13,7 +13,7 @@ from mailqueue.errors import MailqueueError
 from topics.models import Subscriber, SubscriberStatus, Topic, UnsubscribedVia
 from topics.services import (
     TOPIC_FIELDS,
-    subscriber_unsubscribe,
+    subscribers_unsubscribe,
     topic_create,
     topic_update,
     topic_validate,
@@ -115,9 +115,9 @@ class SubscriberAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         changed = 0
         active = queryset.exclude(status=SubscriberStatus.UNSUBSCRIBED)
         for chunk in pk_chunks(active):
-            for subscriber in Subscriber.objects.filter(pk__in=chunk).select_related(
-                "topic", "topic__client"
-            ):
-                subscriber_unsubscribe(subscriber=subscriber, via=UnsubscribedVia.ADMIN)
-                changed += 1
+            subscribers = list(
+                Subscriber.objects.filter(pk__in=chunk).select_related("topic", "topic__client")
+            )
+            subscribers_unsubscribe(subscribers=subscribers, via=UnsubscribedVia.ADMIN)
+            changed += len(subscribers)
         self.message_user(request, f"Unsubscribed {changed} subscriber(s).", messages.SUCCESS)

@@ -284,20 +284,27 @@ def subscriber_unsubscribe(*, subscriber: Subscriber, via: str = UnsubscribedVia
     """Unsubscribe a subscriber from its topic: the topic's unsubscribe suppression, which marks
     the subscriber (the row is kept)."""
     topic = subscriber.topic
+    subscribers_unsubscribe(subscribers=[subscriber], via=via)
+    subscriber.refresh_from_db()
+    subscriber.topic = topic
+    return subscriber
+
+
+def subscribers_unsubscribe(*, subscribers: Sequence[Subscriber], via: str) -> None:
+    """Unsubscribe many subscribers (topics and clients loaded) with one suppressions INSERT,
+    which marks them all in one UPDATE."""
     suppressions_add(
         entries=[
             NewSuppression(
                 address=subscriber.email,
                 reason=SuppressionReason.UNSUBSCRIBE,
-                client=topic.client,
-                topic=topic.slug,
+                client=subscriber.topic.client,
+                topic=subscriber.topic.slug,
                 via=via,
             )
+            for subscriber in subscribers
         ]
     )
-    subscriber.refresh_from_db()
-    subscriber.topic = topic
-    return subscriber
 
 
 # Service-wide suppressions that end every subscription of the address, and how they are shown.
@@ -316,13 +323,17 @@ def subscribers_unsubscribe_suppressed(*, entries: Sequence[NewSuppression]) -> 
     when and how it left. Returns how many subscribers changed.
     """
     conditions: dict[str, list[Q]] = {}
+    # A bounce batch may name hundreds of addresses: one IN list per reason, not an OR of them.
+    service_wide: dict[str, list[str]] = {}
     for entry in entries:
         address = address_spec(entry.address)
         if entry.reason in _VIA_BY_REASON:
-            conditions.setdefault(_VIA_BY_REASON[entry.reason], []).append(Q(email=address))
+            service_wide.setdefault(_VIA_BY_REASON[entry.reason], []).append(address)
         elif entry.reason == SuppressionReason.UNSUBSCRIBE and entry.topic and entry.client:
             condition = Q(email=address, topic__client_id=entry.client.pk, topic__slug=entry.topic)
             conditions.setdefault(entry.via or UnsubscribedVia.ADMIN, []).append(condition)
+    for via, addresses in service_wide.items():
+        conditions.setdefault(via, []).append(Q(email__in=addresses))
     now = timezone.now()
     changed = 0
     for via, matches in conditions.items():

@@ -14,9 +14,15 @@ logger = logging.getLogger(__name__)
 
 
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
-    """MailqueueError -> its status with field-level messages; outages -> 503; else DRF's."""
+    """MailqueueError -> its status with field-level messages (and Retry-After when it has
+    `retry_after`); outages -> 503; else DRF's."""
     if isinstance(exc, MailqueueError):
-        return Response(exc.as_dict(), status=exc.status_code)
+        response = Response(exc.as_dict(), status=exc.status_code)
+        # An error that says when to come back (a rate limit) says it in Retry-After too.
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response["Retry-After"] = str(retry_after)
+        return response
     # Only a lost or refused connection is an outage; any other database error is a bug (500).
     if isinstance(exc, (OperationalError, InterfaceError)):
         logger.exception("database error while serving the API")

@@ -615,11 +615,15 @@ def emails_retry_matching(
     were first accepted), so retrying 100,000 costs one statement and one Redis call. `skipped`
     counts the queryset's other emails: not failed or cancelled when the UPDATE ran, and with
     `skip_suppressed` those whose every recipient is suppressed (a send would only mark them
-    suppressed; they stay as they are).
+    suppressed; they stay as they are). Emails whose secrets (a one-time code) were masked
+    once they were final are never retried, and count as skipped: they would send the mask.
     """
+    with_secrets = emails.exclude(secret_context_keys=[])
+    emails = emails.filter(secret_context_keys=[])
     matched, rows = _emails_transition(
         emails=emails, transition=_RETRY, skip_suppressed=skip_suppressed
     )
+    matched += with_secrets.filter(status__in=_RETRY.from_statuses).count()
     if rows:
         drains_request_on_commit(
             sorted({row["priority"] for row in rows}),
@@ -663,6 +667,11 @@ def email_cancel(*, email: EmailJob) -> EmailJob:
 
 def email_retry(*, email: EmailJob) -> EmailJob:
     """Queue a failed or cancelled email again, to be sent as soon as possible."""
+    if email.secret_context_keys:
+        raise InvalidTransition(
+            "Cannot retry an email that carried a one-time code (it was masked once the email "
+            "was final): ask for a new code."
+        )
     if not emails_retry_many(email_ids=[email.pk]).changed:
         email.refresh_from_db()
         raise InvalidTransition(

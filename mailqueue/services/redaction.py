@@ -99,13 +99,17 @@ def emails_context_redact(*, email_ids: Iterable[UUID]) -> int:
     changed = 0
     # In chunks: a bulk cancel may name 100,000 emails, nearly all without secrets.
     for start in range(0, len(email_ids), _CHUNK):
-        rows = (
+        emails = (
             EmailJob.objects.filter(pk__in=email_ids[start : start + _CHUNK])
             .exclude(secret_context_keys=[])
-            .values_list("pk", "context", "secret_context_keys")
+            .only("pk", "context", "secret_context_keys")
         )
-        for pk, context, keys in rows:
-            masked = context_redact(context=context or {}, keys=keys)
-            if masked != context:
-                changed += EmailJob.objects.filter(pk=pk).update(context=masked)
+        masked = []
+        for email in emails:
+            context = context_redact(context=email.context or {}, keys=email.secret_context_keys)
+            if context != email.context:
+                email.context = context
+                masked.append(email)
+        # One UPDATE for the chunk, not one per email.
+        changed += EmailJob.objects.bulk_update(masked, ["context"]) if masked else 0
     return changed

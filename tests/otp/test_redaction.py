@@ -119,3 +119,23 @@ def test_an_email_the_sweeper_gives_up_on_loses_the_code(issue):
     assert email.status == EmailStatus.FAILED
     assert email.context["code"] == MASK
     assert code not in rows_text(email.pk)
+
+
+def test_a_final_code_email_is_never_retried_with_its_mask(
+    issue, smtp_sink, api_for, django_capture_on_commit_callbacks
+):
+    """A failed code email lost its code: retrying it would send the mask, so the single retry
+    answers 409 and a bulk retry counts it as skipped."""
+    email, _ = issued_email(issue)
+    smtp_sink.rcpt_replies["ada@example.com"] = "550 5.1.1 No such user"
+    with django_capture_on_commit_callbacks(execute=True):
+        run_worker()
+    operator = api_for("acme", ["send", "admin"])
+
+    single = operator.post(f"/api/v1/emails/{email.pk}/retry/")
+    bulk = operator.post("/api/v1/failed/retry/", {}, format="json")
+
+    assert single.status_code == 409
+    assert bulk.json() == {"retried": 0, "skipped": 1}
+    email.refresh_from_db()
+    assert email.status == EmailStatus.FAILED
