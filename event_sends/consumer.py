@@ -14,9 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
-from redis import Redis
 from redis.exceptions import RedisError
 
 from event_sends import conf, streams
@@ -24,6 +22,7 @@ from event_sends.errors import EventRejected
 from event_sends.services import event_handle
 from mailqueue.liveness import CONSUMER_KEY_TTL_SECONDS, CONSUMERS_KEY
 from mailqueue.scheduling import COMMAND_TIMEOUT_SECONDS
+from mailqueue.scheduling import connection as redis_connection
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +45,9 @@ class EventConsumer:
         self.name = name or consumer_name()
         self.pubsub_channels = list(pubsub_channels)
         # Reads block for up to events_block_seconds: the socket must wait longer than that.
-        self.redis = Redis.from_url(
-            settings.RQ_QUEUES["default"]["URL"],
-            socket_timeout=conf.events_block_seconds() + COMMAND_TIMEOUT_SECONDS,
-            socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
-            health_check_interval=30,
+        self.redis = redis_connection(
+            timeout=conf.events_block_seconds() + COMMAND_TIMEOUT_SECONDS,
+            connect_timeout=COMMAND_TIMEOUT_SECONDS,
         )
         self.key = f"{CONSUMERS_KEY}:{self.name}"
         self.handled = 0

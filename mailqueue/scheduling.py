@@ -77,21 +77,26 @@ def email_job_prefix(email_id: UUID) -> str:
 # quickly (the email is already safe in PostgreSQL; the sweeper enqueues it later), not hang
 # them. Workers block on their queues through RQ's own connection, which this does not touch.
 COMMAND_TIMEOUT_SECONDS = 5
-_clients: dict[str, Redis] = {}
+_clients: dict[tuple[str, float, float], Redis] = {}
 
 
-def connection() -> Redis:
-    """The Redis the queues live in, with short timeouts (one client per URL and process)."""
+def connection(
+    *, timeout: float = COMMAND_TIMEOUT_SECONDS, connect_timeout: float | None = None
+) -> Redis:
+    """The Redis the queues live in, with short timeouts (one client per URL, timeouts and
+    process). `timeout` is a command's; the connection's is the same unless given."""
     url = settings.RQ_QUEUES["default"]["URL"]
-    client = _clients.get(url)
+    connect_timeout = timeout if connect_timeout is None else connect_timeout
+    key = (url, timeout, connect_timeout)
+    client = _clients.get(key)
     if client is None:
         client = Redis.from_url(
             url,
-            socket_timeout=COMMAND_TIMEOUT_SECONDS,
-            socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout,
             health_check_interval=30,
         )
-        _clients[url] = client
+        _clients[key] = client
     return client
 
 

@@ -25,6 +25,8 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
+from mailqueue.scheduling import connection
+
 logger = logging.getLogger(__name__)
 
 KEY = "mailqueue:metrics:counters"
@@ -140,7 +142,6 @@ WRITE_TIMEOUT_SECONDS = 0.5
 # After a failed write, writes are dropped without trying for this long: a Redis that is down or
 # stalled costs each process one timeout (and one warning) per interval, not one per group.
 RETRY_AFTER_SECONDS = 30.0
-_clients: dict[str, Redis] = {}
 _skip_until: dict[str, float] = {}
 
 
@@ -150,14 +151,7 @@ def _redis_url() -> str:
 
 def metrics_connection() -> Redis:
     """The queues' Redis with the metrics' short timeouts (one client per URL and process)."""
-    url = _redis_url()
-    client = _clients.get(url)
-    if client is None:
-        client = Redis.from_url(
-            url, socket_timeout=WRITE_TIMEOUT_SECONDS, socket_connect_timeout=WRITE_TIMEOUT_SECONDS
-        )
-        _clients[url] = client
-    return client
+    return connection(timeout=WRITE_TIMEOUT_SECONDS)
 
 
 def increments_write(increments: Increments) -> None:
