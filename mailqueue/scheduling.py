@@ -80,12 +80,12 @@ COMMAND_TIMEOUT_SECONDS = 5
 _clients: dict[tuple[str, float, float], Redis] = {}
 
 
-def connection(
-    *, timeout: float = COMMAND_TIMEOUT_SECONDS, connect_timeout: float | None = None
-) -> Redis:
+def connection(*, timeout: float | None = None, connect_timeout: float | None = None) -> Redis:
     """The Redis the queues live in, with short timeouts (one client per URL, timeouts and
-    process). `timeout` is a command's; the connection's is the same unless given."""
+    process). `timeout` is a command's (COMMAND_TIMEOUT_SECONDS unless given); the
+    connection's is the same unless given."""
     url = settings.RQ_QUEUES["default"]["URL"]
+    timeout = COMMAND_TIMEOUT_SECONDS if timeout is None else timeout
     connect_timeout = timeout if connect_timeout is None else connect_timeout
     key = (url, timeout, connect_timeout)
     client = _clients.get(key)

@@ -18,10 +18,9 @@ from mailqueue.models import EmailStatus
 from mailqueue.selectors.dead_letters import (
     DEAD_LETTER_GROUPS_SHOWN,
     dead_letter_groups,
-    failed_emails_in_group,
-    retrying_emails_in_group,
     retrying_groups,
 )
+from mailqueue.selectors.emails import email_list
 from mailqueue.services import BulkResult
 from mailqueue.services.emails import emails_cancel_matching, emails_retry_matching
 
@@ -91,7 +90,9 @@ class DeadLettersAdminMixin:
         return require_POST(self._retry_group)(request)
 
     def _retry_group(self, request: HttpRequest) -> HttpResponse:
-        emails = failed_emails_in_group(error_group=self._group_key(request))
+        emails = email_list(
+            client=None, status=EmailStatus.FAILED, error_group=self._group_key(request)
+        )
         result = emails_retry_matching(emails=emails, skip_suppressed=True)
         why = "were not failed or cancelled"
         if result.skipped:
@@ -105,7 +106,9 @@ class DeadLettersAdminMixin:
         return require_POST(self._cancel_group)(request)
 
     def _cancel_group(self, request: HttpRequest) -> HttpResponse:
-        emails = retrying_emails_in_group(error_group=self._group_key(request))
+        emails = email_list(
+            client=None, status=EmailStatus.RETRYING, error_group=self._group_key(request)
+        )
         result = emails_cancel_matching(emails=emails)
         self._report(
             request, result, verb="Cancelled", why="were not scheduled, queued or retrying"

@@ -16,7 +16,8 @@ from mailqueue.api.schema import field_errors_response
 from mailqueue.api.serializers import StrictSerializer
 from mailqueue.api.views import ScopedApiView
 from mailqueue.models import ApiKey, Client, EmailStatus
-from mailqueue.selectors.dead_letters import dead_letter_emails, dead_letter_groups
+from mailqueue.selectors.dead_letters import dead_letter_groups
+from mailqueue.selectors.emails import email_list
 from mailqueue.services.emails import emails_cancel_matching, emails_retry_matching
 
 # Like the email list's pages: 50 groups unless asked, never more than 500.
@@ -126,7 +127,7 @@ class FailedEmailsApi(ScopedApiView):
         filters.is_valid(raise_exception=True)
         params = dict(filters.validated_data)
         limit = params.pop("page_size", GROUPS_DEFAULT)
-        emails = dead_letter_emails(
+        emails = email_list(
             status=EmailStatus.FAILED, client=_acting_client(request.auth), **params
         )
         groups = dead_letter_groups(emails=emails, limit=limit + 1)
@@ -147,7 +148,7 @@ class FailedRetryApi(ScopedApiView):
         filters = FailedEmailFilterSerializer(data=request.data)
         filters.is_valid(raise_exception=True)
         result = emails_retry_matching(
-            emails=dead_letter_emails(
+            emails=email_list(
                 status=EmailStatus.FAILED,
                 client=_acting_client(request.auth),
                 **filters.validated_data,
@@ -172,7 +173,7 @@ class FailedCancelApi(ScopedApiView):
         filters = FailedEmailFilterSerializer(data=request.data)
         filters.is_valid(raise_exception=True)
         result = emails_cancel_matching(
-            emails=dead_letter_emails(
+            emails=email_list(
                 status=EmailStatus.RETRYING,
                 client=_acting_client(request.auth),
                 **filters.validated_data,

@@ -3,11 +3,11 @@ the failed-email API (one client, or every client for an `all_clients` key)."""
 
 from dataclasses import dataclass
 from datetime import datetime
-from uuid import UUID
 
 from django.db.models import Count, Max, Min, Q, QuerySet
 
-from mailqueue.models import Client, EmailJob, EmailStatus
+from mailqueue.models import EmailJob, EmailStatus
+from mailqueue.selectors.emails import email_list
 from mailqueue.services.dead_letters import error_pattern
 
 # More groups than this means something else is wrong; the page shows the biggest ones.
@@ -56,39 +56,6 @@ def _group(
     )
 
 
-def failed_emails_in_group(*, error_group: str) -> QuerySet[EmailJob]:
-    """The failed emails of one dead-letter group (served by the partial index on failed rows)."""
-    return EmailJob.objects.filter(status=EmailStatus.FAILED, error_group=error_group)
-
-
-def dead_letter_emails(
-    *,
-    status: str,
-    client: Client | None,
-    error_group: str | None = None,
-    batch: UUID | None = None,
-    template: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-) -> QuerySet[EmailJob]:
-    """The emails in one status (failed, retrying) of a client, or of every client for None,
-    filtered; a batch or template slug the client has no emails of simply matches nothing."""
-    queryset = EmailJob.objects.filter(status=status)
-    if client is not None:
-        queryset = queryset.filter(client=client)
-    if error_group:
-        queryset = queryset.filter(error_group=error_group)
-    if batch:
-        queryset = queryset.filter(batch_id=batch)
-    if template:
-        queryset = queryset.filter(template__slug=template)
-    if created_after:
-        queryset = queryset.filter(created_at__gte=created_after)
-    if created_before:
-        queryset = queryset.filter(created_at__lt=created_before)
-    return queryset
-
-
 def dead_letter_groups(
     *, emails: QuerySet[EmailJob] | None = None, limit: int = DEAD_LETTER_GROUPS_SHOWN
 ) -> list[DeadLetterGroup]:
@@ -131,7 +98,7 @@ def dead_letter_groups(
 
 def dead_letter_group_get(*, error_group: str) -> DeadLetterGroup | None:
     """One dead-letter group by key (for the filtered email list's header), or None."""
-    rows = failed_emails_in_group(error_group=error_group)
+    rows = email_list(client=None, status=EmailStatus.FAILED, error_group=error_group)
     span = rows.aggregate(**_group_span())
     if not span["count"]:
         return None
@@ -172,8 +139,3 @@ def retrying_groups(*, limit_rows: int = RETRYING_ROWS_EXAMINED) -> RetryingGrou
         key=lambda group: (-group.count, -group.last_seen.timestamp()),
     )
     return RetryingGroups(groups=groups, examined=len(rows), truncated=truncated)
-
-
-def retrying_emails_in_group(*, error_group: str) -> QuerySet[EmailJob]:
-    """Every retrying email of one error group (the key is stored at each failed attempt)."""
-    return EmailJob.objects.filter(status=EmailStatus.RETRYING, error_group=error_group)

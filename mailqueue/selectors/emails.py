@@ -33,7 +33,7 @@ def tag_q(tag: str) -> Q:
 
 def email_list(
     *,
-    client: Client,
+    client: Client | None,
     status: str | None = None,
     batch: UUID | None = None,
     to: str | None = None,
@@ -41,11 +41,21 @@ def email_list(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     event: str | None = None,
+    error_group: str | None = None,
+    template: str | None = None,
 ) -> QuerySet[EmailJob]:
-    """A client's emails, newest first, filtered (`event`: with at least one such event)."""
-    queryset = EmailJob.objects.filter(client=client).select_related("template")
+    """A client's emails (every client's for None: operators only), filtered (`event`: with at
+    least one such event; `template`: a slug); a batch or template the client has no emails of
+    simply matches nothing."""
+    queryset = EmailJob.objects.select_related("template")
+    if client is not None:
+        queryset = queryset.filter(client=client)
     if status:
         queryset = queryset.filter(status=status)
+    if error_group:
+        queryset = queryset.filter(error_group=error_group)
+    if template:
+        queryset = queryset.filter(template__slug=template)
     if batch:
         queryset = queryset.filter(batch_id=batch)
     if to:
