@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "client_webhooks",
     "event_sends",
     "topics",
+    "schedules",
     "otp",
     "mailqueue.apps.MailqueueAdminConfig",  # django.contrib.admin with our AdminSite
     "django.contrib.auth",
@@ -231,6 +232,10 @@ _MAILQUEUE_VARIABLES = {
     "MAILQUEUE_LOG_RECIPIENTS": env.bool,
     # Event-driven sends (event_sends/conf.py).
     "MAILQUEUE_TOPICS_CONFIRM_MAX_AGE": env.int,
+    "MAILQUEUE_SCHEDULE_CHUNK_SIZE": env.int,
+    "MAILQUEUE_SCHEDULE_EXPAND_SECONDS": env.float,
+    "MAILQUEUE_SCHEDULE_MISSED_GRACE": env.int,
+    "MAILQUEUE_SCHEDULE_RECIPIENTS_MAX": env.int,
     "MAILQUEUE_OTP_RESEND_SECONDS": env.int,
     "MAILQUEUE_OTP_MAX_CODES_PER_HOUR": env.int,
     "MAILQUEUE_OTP_MAX_ATTEMPTS": env.int,

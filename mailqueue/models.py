@@ -118,13 +118,28 @@ class ApiKey(models.Model):
 
 
 class Batch(models.Model):
-    """Many emails from one template sent with one request."""
+    """Many emails sent together: one template to many recipients (one request), or one run of
+    a recurring schedule (its template, or inline content rendered per recipient)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="batches")
+    # Null for a schedule's run with inline content (each email stores what it renders to).
     template = models.ForeignKey(
-        "templates_app.EmailTemplate", on_delete=models.PROTECT, related_name="batches"
+        "templates_app.EmailTemplate",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="batches",
     )
+    # The schedule whose run this batch is, and the tick it ran for.
+    schedule = models.ForeignKey(
+        "schedules.Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="batches",
+    )
+    run_at = models.DateTimeField(null=True, blank=True)
     context = models.JSONField(default=dict, blank=True)
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.DEFAULT)
     send_at = models.DateTimeField(null=True, blank=True)

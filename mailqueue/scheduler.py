@@ -1,5 +1,6 @@
 """The `rqscheduler` process: rq-scheduler's loop, which releases scheduled sends and retries
-on time, plus the sweeper that puts stuck emails back (see services/sweeper.py).
+on time, plus the sweeper that puts stuck emails back (see services/sweeper.py) and the runs of
+recurring sends (see schedules/services.py).
 
 `manage.py rqscheduler` runs it; django-rq builds it from `RQ["SCHEDULER_CLASS"]`.
 
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 from django.db import close_old_connections, connection
+from django.utils import timezone
 from django_rq.queues import DjangoScheduler
 from redis.exceptions import RedisError
 
@@ -24,6 +26,7 @@ from mailqueue import conf
 from mailqueue.liveness import SCHEDULER_KEY_TTL_SECONDS, SCHEDULERS_KEY
 from mailqueue.services import emails_sweep
 from mailqueue.services.retention import retention_purge
+from schedules.services import schedules_tick
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class MailqueueScheduler(DjangoScheduler):
                         finally:
                             self.remove_lock()
                     self._purge_daily()
+                    self._schedules_tick()
                 except RedisError as exc:
                     logger.warning("scheduler: Redis unavailable, retrying: %s", exc)
                     registered = False
@@ -184,6 +188,17 @@ class MailqueueScheduler(DjangoScheduler):
         finally:
             # The thread's own connection: nothing else would ever close it.
             connection.close()
+
+    def _schedules_tick(self) -> None:
+        """Make the runs of recurring sends that are due. Every scheduler does it, lock or not:
+        a unique row per tick in PostgreSQL (not a Redis lock) makes each tick run once."""
+        close_old_connections()
+        try:
+            schedules_tick(now=timezone.now())
+        except RedisError:
+            raise
+        except Exception:
+            logger.exception("recurring sends failed; will try again")
 
     def _sweep(self) -> None:
         close_old_connections()

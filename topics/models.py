@@ -126,6 +126,20 @@ class Subscriber(models.Model):
             # The admin's list, all or of one status.
             models.Index(fields=["-created_at", "-id"], name="subscriber_created"),
             models.Index(fields=["status", "-created_at"], name="subscriber_status_created"),
+            # Recurring sends read a run's audience by id, a chunk at a time (a range scan per
+            # chunk however large the topic): the topic's own schedules take the subscribers
+            # without a frequency, each frequency's run those with it; the second also finds
+            # every (topic, frequency) pair in use without reading the subscribers.
+            models.Index(
+                fields=["topic", "id"],
+                name="subscriber_audience_active",
+                condition=models.Q(status="active", frequency=""),
+            ),
+            models.Index(
+                fields=["topic", "frequency", "id"],
+                name="subscriber_frequency_active",
+                condition=models.Q(status="active") & ~models.Q(frequency=""),
+            ),
         ]
 
     def __str__(self) -> str:

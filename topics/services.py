@@ -22,11 +22,9 @@ from django.utils import timezone
 
 from mailqueue.errors import ValidationFailed
 from mailqueue.models import ApiKey, Client, EmailJob, Priority, Suppression, SuppressionReason
-from mailqueue.services.emails import email_create
+from mailqueue.services.emails import email_create, inline_content_render
 from mailqueue.services.suppressions import NewSuppression, suppressions_add, suppressions_remove
-from mailqueue.unsubscribe import UnsubscribeToken, unsubscribe_url
 from mailqueue.validation import address_spec, normalize_address
-from templates_app.rendering import render_content
 from templates_app.selectors import template_get_active
 from templates_app.services import template_validate_sources
 from topics.confirmation import confirm_url
@@ -425,15 +423,15 @@ def topic_email_create(
         # The worker renders the pinned version and adds `unsubscribe_url` itself.
         return email_create(template=topic.template, context=context, **common)
     # Own content is stored rendered, as an email with inline content is sent as it is: a later
-    # change of the topic cannot reach it.
-    link = unsubscribe_url(
-        UnsubscribeToken(address=subscriber.email, client_id=topic.client_id, topic=topic.slug)
-    )
-    content = render_content(
+    # change of the topic cannot reach it. Rendered as a schedule's run renders it.
+    content = inline_content_render(
         subject=topic.subject,
         html=topic.html,
         text=topic.text,
-        context={**context, "unsubscribe_url": link},
+        context=context,
+        client_id=topic.client_id,
+        address=subscriber.email,
+        topic=topic.slug,
     )
     return email_create(
         subject=content.subject, html=content.html, text=content.text, context=context, **common

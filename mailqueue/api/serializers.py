@@ -358,6 +358,9 @@ class BatchOutputSerializer(serializers.ModelSerializer):
             "send_at",
             "tags",
             "status_counts",
+            # A schedule's run: the schedule and the tick it ran for (null otherwise).
+            "schedule",
+            "run_at",
             "created_at",
         ]
 

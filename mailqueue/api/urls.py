@@ -14,6 +14,7 @@ app_name = "api"
 urlpatterns = [
     path("event-rules/", include("event_sends.urls")),
     path("topics/", include("topics.urls")),
+    path("schedules/", include("schedules.urls")),
     path("otp/", include("otp.urls")),
     path("webhooks/", webhook_views.WebhookEndpointsApi.as_view(), name="webhooks"),
     path(

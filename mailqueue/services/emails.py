@@ -52,10 +52,15 @@ from mailqueue.selectors.suppressions import (
 )
 from mailqueue.services.dead_letters import error_fields
 from mailqueue.services.redaction import emails_context_redact, secret_values, text_redact
-from mailqueue.unsubscribe import check_unsubscribe_headers, email_is_transactional
+from mailqueue.unsubscribe import (
+    UnsubscribeToken,
+    check_unsubscribe_headers,
+    email_is_transactional,
+    unsubscribe_url,
+)
 from mailqueue.validation import address_spec, check_recipient_count
 from templates_app.models import EmailTemplate, EmailTemplateVersion
-from templates_app.rendering import render_subject
+from templates_app.rendering import RenderedContent, render_content, render_subject
 from templates_app.selectors import template_get_active
 from templates_app.services import template_check_context, template_current_version
 from tracking.engagement import tracking_flags
@@ -152,22 +157,123 @@ def _template_accept(slug: str, context: dict) -> tuple:
     return template, version, _accept_subject(version or template, context, field="context")
 
 
-def _batch_subjects(
-    template: EmailTemplate,
-    version: EmailTemplateVersion | None,
+@dataclass(frozen=True)
+class BatchContent:
+    """What every email of a batch says: a template (its current version, pinned), or inline
+    `subject` with `html`/`text` rendered for each recipient when the batch is accepted."""
+
+    template: EmailTemplate | None = None
+    version: EmailTemplateVersion | None = None
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+
+
+def batch_content(
+    *, template: str | None = None, subject: str = "", html: str = "", text: str = ""
+) -> BatchContent:
+    """The content of a batch: the active template of a slug, or inline content (a subject with
+    html and/or text); ValidationFailed naming the field otherwise."""
+    if template:
+        template_obj = template_get_active(slug=template)
+        return BatchContent(
+            template=template_obj, version=template_current_version(template=template_obj)
+        )
+    if not subject or not (html or text):
+        raise ValidationFailed(
+            "Give either 'template' (with 'context') or 'subject' with 'html' and/or 'text'.",
+            field="template",
+        )
+    return BatchContent(subject=subject, html=html, text=text)
+
+
+def inline_content_render(
+    *,
+    subject: str,
+    html: str,
+    text: str,
+    context: dict,
+    client_id: int,
+    address: str,
+    topic: str = "",
+    transactional: bool | None = None,
+) -> RenderedContent:
+    """Inline content rendered for one recipient, stored as it is sent; a non-transactional
+    email (a topic's) gets its one-click `unsubscribe_url` in the context, as a template's does
+    when the worker renders it."""
+    if not email_is_transactional(topic=topic, transactional=transactional):
+        link = unsubscribe_url(
+            UnsubscribeToken(address=address_spec(address), client_id=client_id, topic=topic)
+        )
+        context = {**context, "unsubscribe_url": link}
+    return render_content(subject=subject, html=html, text=text, context=context)
+
+
+def _inline_accept(
+    content: BatchContent,
+    client: Client,
+    context: dict,
+    address: str,
+    topic: str,
+    transactional: bool | None,
+    *,
+    field: str,
+) -> RenderedContent:
+    """Inline content rendered for one recipient, or ValidationFailed naming `field`."""
+    try:
+        return inline_content_render(
+            subject=content.subject,
+            html=content.html,
+            text=content.text,
+            context=context,
+            client_id=client.pk,
+            address=address,
+            topic=topic,
+            transactional=transactional,
+        )
+    except TemplateRenderError as exc:
+        raise ValidationFailed(
+            f"The content cannot be rendered with this context: {exc.message}", field=field
+        ) from None
+
+
+def _batch_rendered(
+    content: BatchContent,
+    client: Client,
     shared_context: dict,
     recipients: Sequence["BatchRecipient"],
-) -> list[str]:
-    """Each recipient's subject, after checking their context and addresses: the first bad
-    recipient is a ValidationFailed naming its index, and nothing is stored."""
-    subjects = []
+    *,
+    topic: str,
+    transactional: bool | None,
+    skip_invalid: bool,
+) -> list[tuple["BatchRecipient", dict, RenderedContent]]:
+    """Each recipient with their merged context and what is stored of their content (the
+    rendered subject of a template, or the rendered inline content), after checking their
+    context and addresses.
+
+    The first bad recipient is a ValidationFailed naming its index, and nothing is stored; with
+    `skip_invalid` (a schedule's run, which nobody is waiting on) it is left out instead.
+    """
+    rendered = []
     for index, recipient in enumerate(recipients):
         field = f"recipients[{index}].context"
         merged = {**shared_context, **recipient.context}
-        template_check_context(template=template, context=merged, field=field)
-        check_recipient_count(to=recipient.to, cc=[], bcc=[], field=f"recipients[{index}].to")
-        subjects.append(_accept_subject(version or template, merged, field=field))
-    return subjects
+        try:
+            if content.template is not None:
+                template_check_context(template=content.template, context=merged, field=field)
+                source = content.version or content.template
+                parts = RenderedContent(_accept_subject(source, merged, field=field), "", "")
+            else:
+                parts = _inline_accept(
+                    content, client, merged, recipient.to[0], topic, transactional, field=field
+                )
+            check_recipient_count(to=recipient.to, cc=[], bcc=[], field=f"recipients[{index}].to")
+        except ValidationFailed:
+            if not skip_invalid:
+                raise
+            continue
+        rendered.append((recipient, merged, parts))
+    return rendered
 
 
 def _batch_chunk_jobs(batch: Batch, emails: list[EmailJob]) -> list[DeliveryJob]:
@@ -301,8 +407,11 @@ class BatchRecipient:
 def batch_create(
     *,
     client: Client,
-    template: str,
     recipients: Sequence[BatchRecipient],
+    template: str | None = None,
+    subject: str = "",
+    html: str = "",
+    text: str = "",
     api_key: ApiKey | None = None,
     context: dict | None = None,
     priority: str = Priority.DEFAULT,
@@ -314,7 +423,11 @@ def batch_create(
     track_opens: bool | None = None,
     track_clicks: bool | None = None,
 ) -> Batch:
-    """Store a batch and its emails in bulk; ask for a drain, or schedule its chunk jobs."""
+    """Store a batch and its emails in bulk; ask for a drain, or schedule its chunk jobs.
+
+    Its content is a template, or inline `subject` with `html`/`text` rendered for each
+    recipient now (see `batch_content`).
+    """
     if not recipients:
         raise ValidationFailed("A batch needs at least one recipient.", field="recipients")
     if len(recipients) > conf.batch_max():
@@ -323,53 +436,125 @@ def batch_create(
             field="recipients",
         )
     shared_context = context or {}
-    template_obj = template_get_active(slug=template)
-    template_version = template_current_version(template=template_obj)
-    subjects = _batch_subjects(template_obj, template_version, shared_context, recipients)
-    status = _initial_status(send_at, timezone.now())
-    tracking = tracking_flags(
-        track_opens=track_opens, track_clicks=track_clicks, template=template_obj
+    content = batch_content(template=template, subject=subject, html=html, text=text)
+    rendered = _batch_rendered(
+        content,
+        client,
+        shared_context,
+        recipients,
+        topic=topic,
+        transactional=transactional,
+        skip_invalid=False,
     )
     batch = Batch.objects.create(
         client=client,
-        template=template_obj,
+        template=content.template,
         context=shared_context,
         priority=priority,
         send_at=send_at,
         tags=list(tags),
         count=len(recipients),
     )
+    _batch_insert(
+        batch,
+        content,
+        rendered,
+        api_key=api_key,
+        from_email=from_email,
+        topic=topic,
+        transactional=transactional,
+        tracking=tracking_flags(
+            track_opens=track_opens, track_clicks=track_clicks, template=content.template
+        ),
+    )
+    return batch
+
+
+@transaction.atomic
+def batch_emails_add(
+    *,
+    batch: Batch,
+    content: BatchContent,
+    recipients: Sequence[BatchRecipient],
+    from_email: str | None = None,
+    topic: str = "",
+    transactional: bool | None = None,
+) -> int:
+    """Add emails to a batch in bulk (a schedule's run, chunk by chunk: no MAILQUEUE_BATCH_MAX)
+    and ask for their delivery; returns how many were added.
+
+    A recipient whose context the content cannot render with is left out (nobody waits on a
+    run to be told); the batch's `count` grows by the emails added.
+    """
+    rendered = _batch_rendered(
+        content,
+        batch.client,
+        batch.context,
+        recipients,
+        topic=topic,
+        transactional=transactional,
+        skip_invalid=True,
+    )
+    if rendered:
+        _batch_insert(
+            batch,
+            content,
+            rendered,
+            api_key=None,
+            from_email=from_email,
+            topic=topic,
+            transactional=transactional,
+            tracking=tracking_flags(track_opens=None, track_clicks=None, template=content.template),
+        )
+        Batch.objects.filter(pk=batch.pk).update(count=models.F("count") + len(rendered))
+    return len(rendered)
+
+
+def _batch_insert(
+    batch: Batch,
+    content: BatchContent,
+    rendered: list[tuple[BatchRecipient, dict, RenderedContent]],
+    *,
+    api_key: ApiKey | None,
+    from_email: str | None,
+    topic: str,
+    transactional: bool | None,
+    tracking: dict,
+) -> None:
+    """INSERT a batch's emails in one statement; ask for a drain, or schedule chunk jobs."""
+    status = _initial_status(batch.send_at, timezone.now())
     emails = [
         _email_new(
-            client=client,
+            client=batch.client,
             api_key=api_key,
             to=recipient.to,
             status=status,
-            send_at=send_at,
-            priority=priority,
+            send_at=batch.send_at,
+            priority=batch.priority,
             from_email=from_email,
-            tags=tags,
+            tags=batch.tags,
             metadata=recipient.metadata,
-            template=template_obj,
-            template_version=template_version,
-            context={**shared_context, **recipient.context},
-            subject=subject,
+            template=content.template,
+            template_version=content.version,
+            context=context,
+            subject=parts.subject,
+            html=parts.html,
+            text=parts.text,
             batch=batch,
             topic=topic,
             transactional=transactional,
             **tracking,
         )
-        for recipient, subject in zip(recipients, subjects, strict=True)
+        for recipient, context, parts in rendered
     ]
     jobs = _batch_chunk_jobs(batch, emails) if status == EmailStatus.SCHEDULED else []
     insert_rows(EmailJob, emails)
-    counted = emails_accepted_increments(queued={priority: len(emails)}, stored=len(emails))
+    counted = emails_accepted_increments(queued={batch.priority: len(emails)}, stored=len(emails))
     if jobs:
         deliveries_enqueue_on_commit(jobs, also=counted.queue_on)
     else:
         # Ids are time-ordered: the drain claims the batch in the order it was given.
-        drains_request_on_commit([priority], also=counted.queue_on)
-    return batch
+        drains_request_on_commit([batch.priority], also=counted.queue_on)
 
 
 def _record_status_events(email_ids: Iterable[UUID], event_type: str, description: str) -> None:
