@@ -2,6 +2,7 @@
 of their next runs and their latest runs; pause, resume and run-now actions call the same
 services the API calls."""
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -16,12 +17,12 @@ from mailqueue.errors import MailqueueError
 from schedules.models import Schedule
 from schedules.selectors import schedule_next_runs, schedule_runs
 from schedules.services import (
+    schedule_build,
     schedule_create,
     schedule_pause,
     schedule_resume,
     schedule_run_now,
     schedule_update,
-    schedule_validate,
 )
 
 # What the admin form edits; the topic is a row here (the services take its slug).
@@ -43,23 +44,34 @@ _FORM_FIELDS = (
 )
 
 
+def _service_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The form's values as the services take them: the topic by its slug, no client."""
+    fields = {name: values[name] for name in _FORM_FIELDS if name in values and name != "client"}
+    topic = fields.get("topic")
+    fields["topic"] = topic.slug if topic is not None else None
+    return fields
+
+
 class ScheduleForm(forms.ModelForm):
-    """A schedule, with the API's messages for a bad cron or time zone."""
+    """A schedule, checked as the API checks it (the topic is the client's, the recipients
+    are addresses, cron and time zone valid), with the API's messages."""
 
     class Meta:
         model = Schedule
         fields = _FORM_FIELDS
 
     def clean(self) -> dict[str, Any]:
-        """Run the service's checks on the fields given."""
+        """Run the service's checks on the fields given; each refusal is a field's error."""
         cleaned = super().clean()
-        candidate = Schedule(
-            **{name: cleaned.get(name) for name in _FORM_FIELDS if name in cleaned}
-        )
+        client = cleaned.get("client")
+        if client is None or self.errors:
+            return cleaned
         try:
-            schedule_validate(schedule=candidate)
+            schedule_build(client=client, **_service_fields(cleaned))
         except MailqueueError as exc:
-            self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+            # `recipients[2]` is the recipients field's error.
+            field = (exc.field or "").split("[")[0]
+            self.add_error(field if field in self.fields else None, exc.message)
         return cleaned
 
 
@@ -118,31 +130,43 @@ class ScheduleAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: Schedule, form: forms.Form, change: bool
     ) -> None:
         """Write through the services the API calls."""
-        fields = {name: getattr(obj, name) for name in _FORM_FIELDS if name != "client"}
-        fields["topic"] = obj.topic.slug if obj.topic_id else None
+        fields = _service_fields({name: getattr(obj, name) for name in _FORM_FIELDS})
         if change:
             saved = schedule_update(schedule=obj, **fields)
         else:
             saved = schedule_create(client=obj.client, **fields)
         copy_saved_instance(target=obj, saved=saved)
 
+    def _each(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet,
+        service: Callable[..., Any],
+        done: str,
+    ) -> None:
+        """Call a service on each schedule; one it refuses is reported, the others go on."""
+        succeeded = 0
+        for schedule in queryset:
+            try:
+                service(schedule=schedule)
+            except MailqueueError as exc:
+                self.message_user(request, f"{schedule}: {exc.message}", messages.ERROR)
+            else:
+                succeeded += 1
+        if succeeded:
+            self.message_user(request, done.format(count=succeeded), messages.SUCCESS)
+
     @admin.action(description="Pause selected schedules", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Pause each, as the API's pause does."""
-        for schedule in queryset:
-            schedule_pause(schedule=schedule)
-        self.message_user(request, "Paused.", messages.SUCCESS)
+        self._each(request, queryset, schedule_pause, "Paused {count} schedule(s).")
 
     @admin.action(description="Resume selected schedules", permissions=["change"])
     def resume(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Resume each from its next tick, as the API's resume does."""
-        for schedule in queryset:
-            schedule_resume(schedule=schedule)
-        self.message_user(request, "Resumed.", messages.SUCCESS)
+        self._each(request, queryset, schedule_resume, "Resumed {count} schedule(s).")
 
     @admin.action(description="Run selected schedules now", permissions=["change"])
     def run_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         """One run of each now, as the API's run does."""
-        for schedule in queryset:
-            schedule_run_now(schedule=schedule)
-        self.message_user(request, f"Started {queryset.count()} run(s).", messages.SUCCESS)
+        self._each(request, queryset, schedule_run_now, "Started {count} run(s).")

@@ -10,6 +10,10 @@ from django.db.models import Q
 
 from mailqueue.models import Batch, Client, Priority
 
+# The `frequency` of a topic's implicit schedule (one per topic): its runs are for the
+# subscribers who chose a frequency, each tick those whose frequency is due at it.
+FREQUENCY_SCHEDULE = "@chosen"
+
 
 class MissedPolicy(models.TextChoices):
     """What a schedule does with the ticks it missed while no scheduler ran."""
@@ -38,10 +42,11 @@ class Schedule(models.Model):
         "topics.Topic", null=True, blank=True, on_delete=models.CASCADE, related_name="schedules"
     )
     recipients = models.JSONField(default=list, blank=True)
-    # Set only on the implicit schedule of a topic's subscribers who chose this frequency (one
-    # per topic and frequency, kept in step with the topic's send time by the scheduler's pass;
-    # not shown by the API). Its audience is those subscribers; explicit schedules' audience
-    # is the subscribers without a frequency.
+    # FREQUENCY_SCHEDULE only on the implicit schedule of a topic's subscribers who chose a
+    # frequency (one per topic, ticking at every frequency's ticks, kept in step with the
+    # topic's send time by the scheduler's pass; not shown by the API). Each tick's audience is
+    # the subscribers whose frequency is due then; explicit schedules' audience is the
+    # subscribers without a frequency. (Older rows name one frequency each; they stay paused.)
     frequency = models.CharField(max_length=10, blank=True, default="")
     template = models.CharField(
         max_length=100, blank=True, default="", help_text="Slug of a stored template."
@@ -87,9 +92,10 @@ class ScheduleRun(models.Model):
     """One tick of a schedule (explicit, or a topic's frequency): one batch.
 
     The unique (schedule, tick) row is what makes a tick run once whatever the number of
-    schedulers (a frequency's schedule is unique per topic and frequency, so this is also the
-    (topic, frequency, tick) key). A topic's audience is expanded in chunks; each chunk's emails
-    commit with `last_subscriber_id`, so an interrupted run resumes where it stopped.
+    schedulers (a topic has one frequency schedule, so this is also the (topic, tick) key of
+    its frequency subscribers: all those due at one tick are in one run). A topic's audience is
+    expanded in chunks; each chunk's emails commit with `last_subscriber_id`, so an
+    interrupted run resumes where it stopped.
     """
 
     # No index of its own: `schedule_run_tick` starts with it (and finds the latest run).
@@ -104,8 +110,10 @@ class ScheduleRun(models.Model):
         Batch, primary_key=True, on_delete=models.CASCADE, related_name="schedule_run"
     )
     # What every chunk sends, fixed when the run is made (an edit meanwhile does not mix two
-    # contents in one run): `template`, or `subject`/`html`/`text`; `context` is the topic's
-    # merged with the schedule's; a fixed list's `recipients`.
+    # contents in one run): `template` with the `template_id` and `template_version_id` every
+    # chunk sends (loaded by id: an edit or deactivation of the template changes nothing), or
+    # `subject`/`html`/`text`; `context` is the topic's merged with the schedule's; a fixed
+    # list's `recipients`, or the subscriber `frequencies` of a topic's audience.
     content = models.JSONField(default=dict)
     last_subscriber_id = models.BigIntegerField(default=0)
     # Null while the audience is still being expanded.

@@ -31,6 +31,14 @@ def schedule_get(*, client: Client, schedule_id: UUID | str) -> Schedule:
     return schedule
 
 
+def schedule_shown_id(*, schedule_id: UUID | str | None) -> UUID | None:
+    """The id of a schedule the API shows (not a topic's frequency schedule), else None."""
+    if schedule_id is None:
+        return None
+    shown = Schedule.objects.filter(pk=schedule_id, frequency="").values_list("pk", flat=True)
+    return shown.first()
+
+
 def schedule_next_runs(
     *, schedule: Schedule, count: int = 5, after: datetime | None = None
 ) -> list[dict[str, Any]]:

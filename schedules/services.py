@@ -20,17 +20,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Value
 from django.utils import timezone
 
 from mailqueue.errors import ValidationFailed
 from mailqueue.models import Batch, Client, Priority
-from mailqueue.services.emails import BatchRecipient, batch_content, batch_emails_add
+from mailqueue.services.emails import BatchContent, BatchRecipient, batch_emails_add
 from mailqueue.validation import address_spec, normalize_address
 from schedules import conf
 from schedules.cron import cron_next, cron_previous, cron_validate, timezone_validate
-from schedules.models import MissedPolicy, Schedule, ScheduleRun
+from schedules.models import FREQUENCY_SCHEDULE, MissedPolicy, Schedule, ScheduleRun
+from templates_app.models import EmailTemplate, EmailTemplateVersion
 from templates_app.selectors import template_get_active
-from templates_app.services import template_validate_sources
+from templates_app.services import template_current_version, template_validate_sources
 from topics.models import Frequency, Subscriber, SubscriberStatus, Topic
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ _DUE_PER_PASS = 100
 
 def _checked_recipients(recipients: Sequence[str]) -> list[str]:
     """Bare lowercased addresses, each once; ValidationFailed naming `recipients[i]`."""
+    if not isinstance(recipients, list | tuple):
+        raise ValidationFailed("Give a list of email addresses.", field="recipients")
     if len(recipients) > conf.recipients_max():
         raise ValidationFailed(
             f"Too many recipients: {len(recipients)} (the limit is {conf.recipients_max()}); "
@@ -107,6 +111,8 @@ def schedule_validate(*, schedule: Schedule) -> None:
             "'html' and/or 'text'.",
             field="template",
         )
+    if not isinstance(schedule.context, dict):
+        raise ValidationFailed("Give a JSON object.", field="context")
     schedule.cron = cron_validate(schedule.cron)
     timezone_validate(schedule.timezone)
 
@@ -135,12 +141,20 @@ def _client_topic(client: Client, slug: str) -> Topic:
     return topic
 
 
+def schedule_build(*, client: Client, schedule: Schedule | None = None, **fields: Any) -> Schedule:
+    """A schedule of the client's (a new one, or `schedule`) with the fields set and checked
+    as the API checks them, not saved: a topic is given by its slug (the client's own), the
+    recipients are normalized. ValidationFailed naming the field otherwise."""
+    schedule = schedule if schedule is not None else Schedule(client=client)
+    _assign(schedule, client, fields)
+    schedule_validate(schedule=schedule)
+    return schedule
+
+
 @transaction.atomic
 def schedule_create(*, client: Client, **fields: Any) -> Schedule:
     """Create one of a client's schedules after checking it; its first run is the next tick."""
-    schedule = Schedule(client=client)
-    _assign(schedule, client, fields)
-    schedule_validate(schedule=schedule)
+    schedule = schedule_build(client=client, **fields)
     schedule.next_run_at = _next_run_at(schedule, timezone.now())
     schedule.save()
     return schedule
@@ -151,8 +165,7 @@ def schedule_update(*, schedule: Schedule, **fields: Any) -> Schedule:
     """Change a schedule; its next run is recomputed from now (runs already made stay)."""
     # Locked, so two concurrent partial edits cannot leave a mix that was never validated.
     locked = Schedule.objects.select_for_update().get(pk=schedule.pk)
-    _assign(locked, locked.client, fields)
-    schedule_validate(schedule=locked)
+    schedule_build(client=locked.client, schedule=locked, **fields)
     locked.next_run_at = _next_run_at(locked, timezone.now())
     locked.save()
     return locked
@@ -185,9 +198,10 @@ def schedule_resume(*, schedule: Schedule) -> Schedule:
 # --- Runs -----------------------------------------------------------------------------------
 
 
-def _run_content(schedule: Schedule) -> dict[str, Any]:
+def _run_content(schedule: Schedule, frequencies: list[str]) -> dict[str, Any]:
     """What a run of the schedule sends, fixed when it is made: the schedule's own content or
-    its topic's, the topic's context under the schedule's, and its audience."""
+    its topic's, the topic's context under the schedule's, and its audience (a fixed list, or
+    the topic's subscribers whose frequency is one of `frequencies`, "" being no frequency)."""
     topic = schedule.topic
     own = schedule.template or schedule.subject
     source = schedule if own or topic is None else topic
@@ -199,20 +213,47 @@ def _run_content(schedule: Schedule) -> dict[str, Any]:
         "context": {**(topic.context if topic else {}), **schedule.context},
         "topic": topic.slug if topic else "",
         "topic_id": topic.pk if topic else None,
-        "frequency": schedule.frequency,
+        "frequencies": frequencies,
         "recipients": list(schedule.recipients),
     }
 
 
+def _due_frequencies(topic: Topic, tick: datetime) -> list[str]:
+    """The subscriber frequencies due at a tick of a topic's frequency schedule: those whose
+    own cron (at the topic's send time and zone) has this tick."""
+    return [
+        frequency
+        for frequency in Frequency.values
+        if cron_previous(
+            frequency_cron(frequency=frequency, send_time=topic.send_time), topic.timezone, tick
+        )
+        == tick
+    ]
+
+
 def _run_create(schedule: Schedule, tick: datetime, *, manual: bool) -> ScheduleRun | None:
-    """Insert a run and its (empty) batch, or None when the tick already has its run."""
-    content = _run_content(schedule)
+    """Insert a run and its (empty) batch, or None when the tick already has its run (or, for
+    a topic's frequency schedule, no subscriber is due at it)."""
+    frequencies = [""]
+    if schedule.frequency:
+        frequencies = _due_frequencies(schedule.topic, tick)
+        due = Subscriber.objects.filter(
+            topic_id=schedule.topic_id, status=SubscriberStatus.ACTIVE, frequency__in=frequencies
+        )
+        if not frequencies or not due.exists():
+            return None
+    content = _run_content(schedule, frequencies)
     try:
         # A savepoint: losing the race for the unique (schedule, tick) undoes the batch too.
         with transaction.atomic():
             template = (
                 template_get_active(slug=content["template"]) if content["template"] else None
             )
+            if template is not None:
+                # Every chunk sends this version, whatever happens to the template meanwhile.
+                version = template_current_version(template=template)
+                content["template_id"] = template.pk
+                content["template_version_id"] = version.pk if version else None
             batch = Batch.objects.create(
                 client_id=schedule.client_id,
                 template=template,
@@ -249,37 +290,58 @@ def _expand_recipients(run: ScheduleRun) -> None:
     ScheduleRun.objects.filter(pk=run.pk).update(expanded_at=timezone.now())
 
 
+def _run_batch_content(run: ScheduleRun) -> BatchContent:
+    """The content the run was made with: its template and version loaded by id (an edit or a
+    deactivation since then changes nothing), or its inline content."""
+    content = run.content
+    # Runs made before the ids were stored: the batch's template, at its current version.
+    template_id = content.get("template_id", run.batch.template_id)
+    if template_id is None:
+        return BatchContent(subject=content["subject"], html=content["html"], text=content["text"])
+    template = EmailTemplate.objects.get(pk=template_id)
+    version_id = content.get("template_version_id")
+    version = (
+        EmailTemplateVersion.objects.get(pk=version_id)
+        if version_id
+        else template_current_version(template=template)
+    )
+    if version is not None:
+        # The required variables are checked against the version sent, not a later edit's.
+        template.variables = version.variables
+    return BatchContent(template=template, version=version)
+
+
 def _emails_add(run: ScheduleRun, recipients: list[BatchRecipient]) -> int:
     """Add emails for some of the run's audience to its batch."""
-    content = run.content
     return batch_emails_add(
         batch=run.batch,
-        content=batch_content(
-            template=content["template"],
-            subject=content["subject"],
-            html=content["html"],
-            text=content["text"],
-        ),
+        content=_run_batch_content(run),
         recipients=recipients,
-        topic=content["topic"],
+        topic=run.content["topic"],
     )
 
 
 def schedule_run_now(*, schedule: Schedule) -> ScheduleRun:
     """Run a schedule once now, whatever its cron (also when paused); its next tick stays.
 
-    A fixed list's emails are made at once; a topic's audience is expanded here for up to
-    MAILQUEUE_SCHEDULE_EXPAND_SECONDS, the scheduler's next pass doing the rest.
+    A fixed list's emails are made at once; a topic's first chunk of subscribers is expanded
+    here, the scheduler's next pass doing the rest (the request does not wait for a large
+    audience).
     """
     with transaction.atomic():
         schedule = Schedule.objects.select_related("topic", "client").get(pk=schedule.pk)
+        if schedule.frequency:
+            raise ValidationFailed(
+                "A topic's frequency schedule runs at its subscribers' ticks only.",
+                field="frequency",
+            )
         run = _run_create(schedule, timezone.now(), manual=True)
         if run is None:
             raise ValidationFailed(
                 "The schedule's template is no longer active; change the schedule.",
                 field="template",
             )
-    schedule_run_expand(run_id=run.pk, deadline=time.monotonic() + conf.expand_seconds())
+    schedule_run_expand(run_id=run.pk, chunks=1)
     run.refresh_from_db()
     run.batch.refresh_from_db()
     return run
@@ -319,24 +381,36 @@ def _schedule_tick(schedule_id: Any, now: datetime) -> ScheduleRun | None:
 
 def _audience(run: ScheduleRun, after_id: int, limit: int) -> list[dict[str, Any]]:
     """The next subscribers of a topic run's audience after a subscriber id, by id: the active
-    subscribers with the run's frequency (none: those who did not choose one)."""
-    return list(
+    subscribers whose frequency is one of the run's ("": those who did not choose one)."""
+    content = run.content
+    # Runs made while each frequency had its own schedule name one frequency.
+    frequencies = content.get("frequencies", [content.get("frequency", "")])
+    # One range scan of the topic's (status, frequency, id) index per frequency, each bounded
+    # by the limit, merged: never a sort of the whole audience.
+    scans = [
         Subscriber.objects.filter(
-            topic_id=run.content["topic_id"],
+            topic_id=content["topic_id"],
             status=SubscriberStatus.ACTIVE,
-            frequency=run.content["frequency"],
+            frequency=frequency,
             pk__gt=after_id,
         )
         .order_by("pk")
         .values("pk", "email", "context")[:limit]
-    )
+        for frequency in frequencies
+    ]
+    if len(scans) == 1:
+        return list(scans[0])
+    return list(scans[0].union(*scans[1:], all=True).order_by("pk")[:limit])
 
 
-def schedule_run_expand(*, run_id: Any, deadline: float | None = None) -> bool:
-    """Expand a topic run's audience into its batch, one chunk per transaction, until done or
-    past `deadline` (a monotonic time; None: until done). True when the run is expanded (or
-    another process holds it)."""
+def schedule_run_expand(
+    *, run_id: Any, deadline: float | None = None, chunks: int | None = None
+) -> bool:
+    """Expand a topic run's audience into its batch, one chunk per transaction, until done,
+    past `deadline` (a monotonic time) or after `chunks` chunks (None: no such limit). True
+    when the run is expanded (or another process holds it)."""
     size = conf.chunk_size()
+    done_chunks = 0
     while True:
         with transaction.atomic():
             run = (
@@ -364,31 +438,99 @@ def schedule_run_expand(*, run_id: Any, deadline: float | None = None) -> bool:
             ScheduleRun.objects.filter(pk=run.pk).update(**changes)
         if "expanded_at" in changes:
             return True
+        done_chunks += 1
         if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if chunks is not None and done_chunks >= chunks:
             return False
 
 
-def schedule_runs_resume(*, deadline: float | None = None) -> None:
-    """Go on expanding the runs whose expansion is not done (oldest first), until `deadline`."""
-    pending = ScheduleRun.objects.filter(expanded_at=None).order_by("created_at")
-    for run_id in pending.values_list("pk", flat=True)[:_DUE_PER_PASS]:
-        if not schedule_run_expand(run_id=run_id, deadline=deadline):
-            return
+def schedule_runs_resume(
+    *, deadline: float | None = None, run_ids: Sequence[Any] | None = None
+) -> None:
+    """Go on expanding the runs whose expansion is not done (oldest first; or those of
+    `run_ids`), until `deadline`. A run that fails is logged and left for a later pass: it
+    never holds up the runs after it."""
+    if run_ids is None:
+        pending = ScheduleRun.objects.filter(expanded_at=None).order_by("created_at")
+        run_ids = list(pending.values_list("pk", flat=True)[:_DUE_PER_PASS])
+    for run_id in run_ids:
+        try:
+            if not schedule_run_expand(run_id=run_id, deadline=deadline):
+                return
+        except Exception:
+            # Not the message: it may name a subscriber. The traceback says where it failed.
+            logger.exception("schedule run %s: expansion failed; retried next pass", run_id)
+
+
+def _due_and_pending(now: datetime) -> tuple[list[Any], list[Any]]:
+    """The schedules due by `now` (earliest first) and the runs not yet expanded (oldest
+    first), in one query: two bounded scans of partial indexes, so an idle pass costs one
+    round trip."""
+    due = (
+        Schedule.objects.filter(active=True, next_run_at__lte=now)
+        .annotate(kind=Value("schedule"), at=F("next_run_at"))
+        .order_by("next_run_at")
+        .values_list("pk", "kind", "at")[:_DUE_PER_PASS]
+    )
+    pending = (
+        ScheduleRun.objects.filter(expanded_at=None)
+        .annotate(kind=Value("run"), at=F("created_at"))
+        .order_by("created_at")
+        .values_list("pk", "kind", "at")[:_DUE_PER_PASS]
+    )
+    rows = sorted(due.union(pending, all=True), key=lambda row: row[2])
+    return (
+        [pk for pk, kind, _ in rows if kind == "schedule"],
+        [pk for pk, kind, _ in rows if kind == "run"],
+    )
+
+
+# Seconds between two syncs of the frequency schedules in one process (each pass would be a
+# recursive query and every implicit schedule loaded twice a second). Less than
+# MAILQUEUE_SCHEDULE_MISSED_GRACE, so a schedule made late still runs the tick it missed.
+FREQUENCY_SYNC_INTERVAL_SECONDS = 30.0
+# When this process last synced them (a monotonic time; None: not yet).
+_frequency_synced_at: float | None = None
+
+
+def _frequency_schedules_sync_throttled(now: datetime) -> None:
+    """Sync the frequency schedules if this process has not for a while; a failure is logged
+    and does not stop the pass."""
+    global _frequency_synced_at
+    clock = time.monotonic()
+    if (
+        _frequency_synced_at is not None
+        and clock - _frequency_synced_at < FREQUENCY_SYNC_INTERVAL_SECONDS
+    ):
+        return
+    _frequency_synced_at = clock
+    try:
+        frequency_schedules_sync(now=now)
+    except Exception:
+        logger.exception("frequency schedules: sync failed; retried in a while")
 
 
 def schedules_tick(*, now: datetime | None = None) -> list[ScheduleRun]:
     """The scheduler's pass: make the runs of every active schedule due by `now` (one run per
     tick, see the module's docstring), then expand runs for up to
-    MAILQUEUE_SCHEDULE_EXPAND_SECONDS. Returns the runs made."""
+    MAILQUEUE_SCHEDULE_EXPAND_SECONDS. Returns the runs made. A schedule or run that fails
+    is logged and skipped; the others go on."""
     now = now or timezone.now()
-    frequency_schedules_sync(now=now)
-    due = (
-        Schedule.objects.filter(active=True, next_run_at__lte=now)
-        .order_by("next_run_at")
-        .values_list("pk", flat=True)[:_DUE_PER_PASS]
-    )
-    runs = [run for pk in list(due) if (run := _schedule_tick(pk, now)) is not None]
-    schedule_runs_resume(deadline=time.monotonic() + conf.expand_seconds())
+    _frequency_schedules_sync_throttled(now)
+    due, pending = _due_and_pending(now)
+    runs = []
+    for pk in due:
+        try:
+            run = _schedule_tick(pk, now)
+        except Exception:
+            logger.exception("schedule %s: tick failed; retried next pass", pk)
+            continue
+        if run is not None:
+            runs.append(run)
+    deadline = time.monotonic() + conf.expand_seconds()
+    # Runs just made are expanded too: look the pending runs up again.
+    schedule_runs_resume(deadline=deadline, run_ids=None if runs else pending)
     return runs
 
 
@@ -405,6 +547,13 @@ def frequency_cron(*, frequency: str, send_time: Any) -> str:
         Frequency.WEEKLY: f"{minute} {hour} * * 1",
         Frequency.MONTHLY: f"{minute} {hour} 1 * *",
     }[frequency]
+
+
+def frequency_schedule_cron(*, send_time: Any) -> str:
+    """The cron of a topic's frequency schedule: every tick of every frequency (each hour at
+    minute 0, and at the send time's minute), so the subscribers due at one tick make one run."""
+    minute = send_time.minute
+    return "0 * * * *" if minute == 0 else f"0,{minute} * * * *"
 
 
 # Each (topic, frequency) that has active subscribers, found by skipping through the partial
@@ -426,35 +575,38 @@ SELECT topic_id, frequency FROM pairs
 """
 
 
-def _frequency_pairs() -> set[tuple[int, str]]:
+def _frequency_topics() -> set[int]:
+    """The topics with at least one active subscriber who chose a frequency."""
     if connection.vendor != "postgresql":
         rows = (
             Subscriber.objects.filter(status=SubscriberStatus.ACTIVE)
             .exclude(frequency="")
-            .values_list("topic_id", "frequency")
+            .values_list("topic_id", flat=True)
             .distinct()
         )
         return set(rows)
     with connection.cursor() as cursor:
         cursor.execute(_FREQUENCY_PAIRS_SQL, {"active": SubscriberStatus.ACTIVE})
-        return set(cursor.fetchall())
+        return {topic_id for topic_id, _ in cursor.fetchall()}
 
 
 def frequency_schedules_sync(*, now: datetime) -> None:
-    """Keep one implicit schedule per topic and frequency its active subscribers chose: made
+    """Keep one implicit schedule per topic whose active subscribers chose a frequency: made
     when the first such subscriber appears (a tick that passed less than
     MAILQUEUE_SCHEDULE_MISSED_GRACE ago still runs), in step with the topic's send time and
-    time zone, paused while nobody has that frequency."""
-    pairs = _frequency_pairs()
+    time zone, paused while nobody has a frequency. Schedules of the earlier layout (one per
+    topic and frequency) are paused for good."""
+    topics = _frequency_topics()
     grace_ago = now - timedelta(seconds=conf.missed_grace_seconds())
     implicit = Schedule.objects.exclude(frequency="").select_related("topic")
-    seen: set[tuple[int, str]] = set()
+    seen: set[int] = set()
     for schedule in implicit:
-        key = (schedule.topic_id, schedule.frequency)
-        seen.add(key)
-        wanted = key in pairs
-        cron = frequency_cron(frequency=schedule.frequency, send_time=schedule.topic.send_time)
-        if (schedule.cron, schedule.timezone) == (cron, schedule.topic.timezone):
+        current = schedule.frequency == FREQUENCY_SCHEDULE
+        if current:
+            seen.add(schedule.topic_id)
+        wanted = current and schedule.topic_id in topics
+        cron = frequency_schedule_cron(send_time=schedule.topic.send_time)
+        if not current or (schedule.cron, schedule.timezone) == (cron, schedule.topic.timezone):
             if schedule.active == wanted:
                 continue
             if not wanted:
@@ -468,18 +620,16 @@ def frequency_schedules_sync(*, now: datetime) -> None:
             next_run_at=_next_run_at(schedule, grace_ago),
             updated_at=now,
         )
-    missing = pairs - seen
+    missing = topics - seen
     if not missing:
         return
-    topics = Topic.objects.in_bulk({topic_id for topic_id, _ in missing})
-    for topic_id, frequency in sorted(missing):
-        topic = topics[topic_id]
+    for topic in Topic.objects.filter(pk__in=missing).order_by("pk"):
         schedule = Schedule(
             client_id=topic.client_id,
             topic=topic,
-            frequency=frequency,
-            name=f"{topic.slug} {frequency}",
-            cron=frequency_cron(frequency=frequency, send_time=topic.send_time),
+            frequency=FREQUENCY_SCHEDULE,
+            name=f"{topic.slug} subscriber frequencies",
+            cron=frequency_schedule_cron(send_time=topic.send_time),
             timezone=topic.timezone,
             priority=Priority.LOW,
         )

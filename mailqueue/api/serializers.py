@@ -4,6 +4,7 @@ import mimetypes
 
 from django.core.validators import MaxLengthValidator, MinLengthValidator
 from django.utils.functional import cached_property
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mailqueue import conf
@@ -347,6 +348,7 @@ class BatchOutputSerializer(serializers.ModelSerializer):
 
     template = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     status_counts = serializers.SerializerMethodField()
+    schedule = serializers.SerializerMethodField()
 
     class Meta:
         model = Batch
@@ -358,7 +360,9 @@ class BatchOutputSerializer(serializers.ModelSerializer):
             "send_at",
             "tags",
             "status_counts",
-            # A schedule's run: the schedule and the tick it ran for (null otherwise).
+            # A schedule's run: the schedule and the tick it ran for (null otherwise; `schedule`
+            # is null too for a run of a topic's subscriber frequencies, whose implicit schedule
+            # the API does not show).
             "schedule",
             "run_at",
             "created_at",
@@ -369,3 +373,11 @@ class BatchOutputSerializer(serializers.ModelSerializer):
         from mailqueue.selectors.batches import batch_status_counts
 
         return batch_status_counts(batch=batch)
+
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
+    def get_schedule(self, batch: Batch) -> str | None:
+        """The id of the schedule whose run this is, when the API shows that schedule."""
+        from schedules.selectors import schedule_shown_id
+
+        shown = schedule_shown_id(schedule_id=batch.schedule_id)
+        return str(shown) if shown is not None else None

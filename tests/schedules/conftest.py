@@ -6,6 +6,16 @@ from topics.models import Subscriber, SubscriberStatus, Topic
 from topics.services import topic_create
 
 
+@pytest.fixture(autouse=True)
+def frequency_sync_every_pass(monkeypatch):
+    """Each pass syncs the frequency schedules (the scheduler's process does it every 30 s):
+    the tests tick at made-up instants, far apart, within a few milliseconds."""
+    from schedules import services
+
+    monkeypatch.setattr(services, "FREQUENCY_SYNC_INTERVAL_SECONDS", 0.0)
+    monkeypatch.setattr(services, "_frequency_synced_at", None)
+
+
 @pytest.fixture
 def acme(issued_key):
     """The client `acme`, whose key the `api` fixture uses."""

@@ -1,9 +1,13 @@
 """The schedule API: create/list/detail/patch/delete, validation naming the field, isolation
 between clients, pause/resume, run now, next_runs, and the run's batch."""
 
+from datetime import UTC, datetime
+
 import pytest
 
 from mailqueue.models import EmailJob
+from schedules.services import schedules_tick
+from topics.models import Frequency
 
 pytestmark = pytest.mark.django_db
 
@@ -113,3 +117,32 @@ def test_run_now_makes_one_batch_shown_with_its_schedule(
     assert EmailJob.objects.filter(batch_id=run["batch"], topic="news").count() == 3
     detail = api.get(f"{URL}{schedule_id}/").json()
     assert detail["last_run"]["id"] == run["id"]
+
+
+def test_run_now_of_a_large_topic_expands_one_chunk_and_the_scheduler_the_rest(
+    api, news, add_subscribers, settings
+):
+    """The request does not wait for the whole audience: 202 after the first chunk."""
+    settings.MAILQUEUE_SCHEDULE_CHUNK_SIZE = 2
+    add_subscribers(news, 5)
+    schedule_id = _create(api).json()["id"]
+
+    response = api.post(f"{URL}{schedule_id}/run/")
+
+    assert response.status_code == 202
+    run = response.json()
+    assert (run["count"], run["expanded"]) == (2, False)
+    schedules_tick()
+    assert api.get(response["Location"]).json()["count"] == 5
+
+
+def test_a_frequency_runs_batch_does_not_link_its_hidden_schedule(api, news, add_subscribers):
+    """The implicit schedule of a topic's frequencies is not in the API: `schedule` is null."""
+    add_subscribers(news, 1, frequency=Frequency.HOURLY)
+    [run] = schedules_tick(now=datetime(2026, 6, 1, 10, 0, 1, tzinfo=UTC))
+
+    batch = api.get(f"/api/v1/batches/{run.pk}/").json()
+
+    assert batch["schedule"] is None
+    assert batch["run_at"] == "2026-06-01T10:00:00Z"
+    assert api.get(f"{URL}{run.schedule_id}/").status_code == 404

@@ -6,16 +6,20 @@ from datetime import UTC, datetime, time
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from mailqueue.models import Batch, CapturedMessage, EmailJob
-from schedules.models import Schedule, ScheduleRun
+from schedules.models import FREQUENCY_SCHEDULE, Schedule, ScheduleRun
 from schedules.services import (
     schedule_create,
     schedule_run_expand,
     schedules_tick,
 )
+from templates_app.models import EmailTemplate
+from templates_app.services import template_current_version, template_update
 from tests.helpers import run_worker
 from topics.models import Frequency
+from topics.services import topic_create
 
 pytestmark = pytest.mark.django_db
 
@@ -171,9 +175,14 @@ def test_daily_subscribers_get_one_run_at_the_topics_send_time(news, add_subscri
         "user0@example.com",
         "user1@example.com",
     ]
-    implicit = Schedule.objects.get(frequency=Frequency.DAILY)
-    assert (implicit.cron, implicit.timezone) == ("30 9 * * *", "Europe/Paris")
-    assert implicit.next_run_at == utc(2026, 1, 7, 8, 30)
+    # One implicit schedule for the topic: hourly ticks at minute 0, and the send time's minute.
+    implicit = Schedule.objects.get(frequency=FREQUENCY_SCHEDULE)
+    assert (implicit.cron, implicit.timezone) == ("0,30 * * * *", "Europe/Paris")
+    assert implicit.next_run_at == utc(2026, 1, 6, 9)
+
+
+class Killed(BaseException):
+    """The process dying mid-chunk (not an error a pass logs and goes on from)."""
 
 
 def test_chunked_expansion_resumes_after_an_interrupted_chunk(
@@ -194,11 +203,11 @@ def test_chunked_expansion_resumes_after_an_interrupted_chunk(
     def crash_on_second(run, recipients):
         calls.append(len(recipients))
         if len(calls) == 2:
-            raise RuntimeError("killed")
+            raise Killed
         return real(run, recipients)
 
     monkeypatch.setattr(services, "_emails_add", crash_on_second)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(Killed):
         schedules_tick(now=utc(2026, 1, 5, 9, 0, 1))
     run = ScheduleRun.objects.get()
     assert EmailJob.objects.count() == 1000
@@ -214,3 +223,208 @@ def test_chunked_expansion_resumes_after_an_interrupted_chunk(
     assert EmailJob.objects.values("recipient").distinct().count() == 2500
     assert Batch.objects.get(pk=run.pk).count == 2500
     assert calls == [1000, 1000]
+
+
+# --- A run's content is fixed when it is made -------------------------------------------------
+
+
+def _welcome_run(news, add_subscribers, settings, count: int = 5) -> ScheduleRun:
+    """A run of `news` with the `welcome` template, of which one chunk of 2 is expanded."""
+    settings.MAILQUEUE_SCHEDULE_CHUNK_SIZE = 2
+    settings.MAILQUEUE_SCHEDULE_EXPAND_SECONDS = 0
+    add_subscribers(news, count)
+    schedule = schedule_create(
+        client=news.client,
+        topic="news",
+        template="welcome",
+        context={"name": "team"},
+        cron="@hourly",
+    )
+    _due(schedule, utc(2026, 1, 5, 9))
+    [run] = schedules_tick(now=utc(2026, 1, 5, 9, 0, 1))
+    assert EmailJob.objects.filter(batch_id=run.pk).count() == 2
+    return run
+
+
+def test_a_template_edited_during_a_run_does_not_change_the_run(
+    news, add_subscribers, settings, welcome_template
+):
+    """The template gets a new subject and a new required variable between two chunks: every
+    email of the run still sends the version the run was made with."""
+    run = _welcome_run(news, add_subscribers, settings)
+    first_version = template_current_version(template=welcome_template)
+    template_update(
+        template=welcome_template, subject="Changed {{ other }}", variables=["name", "other"]
+    )
+
+    assert schedule_run_expand(run_id=run.pk) is True
+
+    emails = EmailJob.objects.filter(batch_id=run.pk)
+    assert emails.count() == 5
+    assert {(e.template_version_id, e.subject) for e in emails} == {
+        (first_version.pk, "Welcome, team!")
+    }
+
+
+def test_a_template_deactivated_during_a_run_neither_stops_it_nor_blocks_other_runs(
+    news, add_subscribers, settings, welcome_template
+):
+    run = _welcome_run(news, add_subscribers, settings)
+    EmailTemplate.objects.filter(pk=welcome_template.pk).update(is_active=False)
+    digest = topic_create(client=news.client, slug="digest", name="D", subject="D", text="d")
+    add_subscribers(digest, 1, start=100)
+    other = schedule_create(client=news.client, topic="digest", cron="@hourly")
+    _due(other, utc(2026, 1, 5, 10))
+    settings.MAILQUEUE_SCHEDULE_EXPAND_SECONDS = 10
+
+    # The welcome schedule's own 10:00 tick makes no run (its template is inactive).
+    [other_run] = schedules_tick(now=utc(2026, 1, 5, 10, 0, 1))
+
+    run.refresh_from_db()
+    assert run.expanded_at is not None
+    assert Batch.objects.get(pk=run.pk).count == 5
+    assert {e.subject for e in EmailJob.objects.filter(batch_id=run.pk)} == {"Welcome, team!"}
+    assert other_run.schedule_id == other.pk
+    assert list(
+        EmailJob.objects.filter(batch_id=other_run.pk).values_list("recipient", flat=True)
+    ) == ["user100@example.com"]
+
+
+def test_a_run_that_fails_is_logged_and_the_next_runs_go_on(
+    news, add_subscribers, monkeypatch, caplog
+):
+    """A bug in one run's expansion (here, any error on the `news` topic) is logged without
+    the subscribers' addresses; the other topic's run is expanded in the same pass."""
+    from schedules import services
+
+    add_subscribers(news, 2)
+    digest = topic_create(client=news.client, slug="digest", name="D", subject="D", text="d")
+    add_subscribers(digest, 1, start=100)
+    first = schedule_create(client=news.client, topic="news", cron="@hourly")
+    second = schedule_create(client=news.client, topic="digest", cron="@hourly")
+    _due(first, utc(2026, 1, 5, 9))
+    _due(second, utc(2026, 1, 5, 9))
+    real = services._audience
+
+    def broken_for_news(run, after_id, limit):
+        if run.content["topic"] == "news":
+            raise RuntimeError("bug")
+        return real(run, after_id, limit)
+
+    monkeypatch.setattr(services, "_audience", broken_for_news)
+    with caplog.at_level("ERROR", logger="schedules.services"):
+        runs = schedules_tick(now=utc(2026, 1, 5, 9, 0, 1))
+
+    assert len(runs) == 2
+    by_topic = {run.content["topic"]: ScheduleRun.objects.get(pk=run.pk) for run in runs}
+    assert by_topic["news"].expanded_at is None
+    assert by_topic["digest"].expanded_at is not None
+    assert EmailJob.objects.filter(batch_id=by_topic["digest"].pk).count() == 1
+    assert "expansion failed" in caplog.text and "@example.com" not in caplog.text
+
+
+def test_a_schedule_whose_tick_fails_does_not_stop_the_others(news, add_subscribers, monkeypatch):
+    from schedules import services
+
+    add_subscribers(news, 1)
+    broken = schedule_create(client=news.client, topic="news", cron="@hourly")
+    fine = schedule_create(client=news.client, topic="news", cron="30 * * * *")
+    _due(broken, utc(2026, 1, 5, 9))
+    _due(fine, utc(2026, 1, 5, 9, 30))
+    real = services._run_create
+
+    def broken_tick(schedule, tick, *, manual):
+        if schedule.pk == broken.pk:
+            raise RuntimeError("bug")
+        return real(schedule, tick, manual=manual)
+
+    monkeypatch.setattr(services, "_run_create", broken_tick)
+    [run] = schedules_tick(now=utc(2026, 1, 5, 9, 30, 1))
+
+    assert run.schedule_id == fine.pk
+    broken.refresh_from_db()
+    assert broken.next_run_at == utc(2026, 1, 5, 9)  # rolled back: tried again next pass
+
+
+# --- Subscriber frequencies: one run per tick ---------------------------------------------------
+
+
+def _frequency_subscribers(news, add_subscribers) -> None:
+    """user0 hourly, user1 daily, user2 weekly, user3 monthly, user4 without a frequency."""
+    for index, frequency in enumerate(Frequency.values):
+        add_subscribers(news, 1, start=index, frequency=frequency)
+    add_subscribers(news, 1, start=4)
+
+
+def _recipients(run: ScheduleRun) -> list[str]:
+    return sorted(EmailJob.objects.filter(batch_id=run.pk).values_list("recipient", flat=True))
+
+
+def test_every_frequency_due_at_one_tick_makes_one_run(news, add_subscribers):
+    """Monday 1 June 2026 at 09:00 (the topic's send time): hourly, daily, weekly and monthly
+    subscribers are all due, in one batch; at 10:00 only the hourly one is."""
+    _frequency_subscribers(news, add_subscribers)
+
+    [run] = schedules_tick(now=utc(2026, 6, 1, 9, 0, 1))
+    assert run.tick == utc(2026, 6, 1, 9)
+    assert _recipients(run) == [f"user{index}@example.com" for index in range(4)]
+    assert Batch.objects.get(pk=run.pk).count == 4
+
+    [later] = schedules_tick(now=utc(2026, 6, 1, 10, 0, 1))
+    assert _recipients(later) == ["user0@example.com"]
+    assert Schedule.objects.exclude(frequency="").count() == 1
+
+
+def test_a_tick_runs_once_for_all_frequencies_even_when_processed_again(news, add_subscribers):
+    _frequency_subscribers(news, add_subscribers)
+    assert len(schedules_tick(now=utc(2026, 6, 1, 9, 0, 1))) == 1
+    Schedule.objects.exclude(frequency="").update(next_run_at=utc(2026, 6, 1, 9))
+    assert schedules_tick(now=utc(2026, 6, 1, 9, 0, 20)) == []
+    assert EmailJob.objects.count() == 4
+
+
+def test_schedules_of_the_old_layout_are_paused(news, add_subscribers):
+    """A schedule per (topic, frequency) from before would run its subscribers a second time."""
+    add_subscribers(news, 1, frequency=Frequency.DAILY)
+    old = Schedule.objects.create(
+        client=news.client,
+        topic=news,
+        frequency=Frequency.DAILY,
+        cron="0 9 * * *",
+        next_run_at=utc(2026, 6, 1, 9),
+    )
+    [run] = schedules_tick(now=utc(2026, 6, 1, 9, 0, 1))
+    old.refresh_from_db()
+    assert old.active is False and run.schedule.frequency == FREQUENCY_SCHEDULE
+    assert EmailJob.objects.count() == 1
+
+
+# --- The scheduler's pass stays cheap -------------------------------------------------------
+
+
+def test_frequency_schedules_are_synced_at_most_every_interval(news, add_subscribers, monkeypatch):
+    from schedules import services
+
+    monkeypatch.setattr(services, "FREQUENCY_SYNC_INTERVAL_SECONDS", 30.0)
+    schedules_tick(now=utc(2026, 6, 1, 8))
+    add_subscribers(news, 1, frequency=Frequency.DAILY)
+
+    schedules_tick(now=utc(2026, 6, 1, 8, 0, 1))
+    assert not Schedule.objects.exclude(frequency="").exists()
+
+    monkeypatch.setattr(services, "_frequency_synced_at", services._frequency_synced_at - 30)
+    schedules_tick(now=utc(2026, 6, 1, 8, 0, 2))
+    assert Schedule.objects.filter(frequency=FREQUENCY_SCHEDULE, active=True).count() == 1
+
+
+def test_a_pass_with_nothing_due_is_one_query(news, add_subscribers, monkeypatch):
+    from schedules import services
+
+    add_subscribers(news, 1, frequency=Frequency.DAILY)
+    schedule_create(client=news.client, topic="news", cron="@daily")
+    schedules_tick(now=utc(2026, 6, 1, 9, 30))
+    monkeypatch.setattr(services, "FREQUENCY_SYNC_INTERVAL_SECONDS", 30.0)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert schedules_tick(now=utc(2026, 6, 1, 9, 40)) == []
+    assert len(queries) == 1, [query["sql"] for query in queries]
