@@ -29,7 +29,8 @@ DEAD_LETTERS_PER_PAGE = 100
 
 
 class EventRuleForm(forms.ModelForm):
-    """A rule, refused with the API's messages (the template must exist, paths be dotted)."""
+    """A rule, refused with the API's messages (the template must exist, paths be dotted,
+    secret keys be context key names)."""
 
     class Meta:
         model = EventRule
@@ -38,6 +39,8 @@ class EventRuleForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         """Run the service's checks on the fields given."""
         cleaned = super().clean()
+        if "secret_keys" in cleaned and cleaned["secret_keys"] is None:
+            cleaned["secret_keys"] = []  # the field left empty: no secret keys
         given = {name: cleaned[name] for name in RULE_FIELDS if name in cleaned}
         try:
             event_rule_validate(**given)

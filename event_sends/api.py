@@ -30,6 +30,10 @@ class EventRuleInputSerializer(StrictSerializer):
     tags = serializers.ListField(
         child=SingleLineCharField(max_length=100), max_length=50, required=False, default=list
     )
+    # Checked by the service: each must be a context key name.
+    secret_keys = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, default=list
+    )
 
 
 class EventRuleUpdateInputSerializer(EventRuleInputSerializer):
@@ -52,6 +56,7 @@ class EventRuleOutputSerializer(serializers.ModelSerializer):
             "context_path",
             "priority",
             "tags",
+            "secret_keys",
             "created_at",
             "updated_at",
         ]

@@ -35,6 +35,15 @@ def events_claim_idle_seconds() -> float:
     return get_setting("MAILQUEUE_EVENTS_CLAIM_IDLE_SECONDS", 60.0, float, minimum=0)
 
 
+def events_stale_consumer_seconds() -> float:
+    """How long a consumer of the group with nothing pending may stay idle before it is removed
+    from the group: each process joins under its own name, and one killed before it could
+    leave would otherwise be listed (and counted) forever. A live consumer reads every few
+    seconds, so the default, max(1 hour, 10 x the claim idle time), never hits one."""
+    default = max(3600.0, 10 * events_claim_idle_seconds())
+    return get_setting("MAILQUEUE_EVENTS_STALE_CONSUMER_SECONDS", default, float, minimum=0)
+
+
 def events_block_seconds() -> float:
     """How long one read waits for new entries (also how fast a stop request is noticed)."""
     return get_setting("MAILQUEUE_EVENTS_BLOCK_SECONDS", 2.0, float, minimum=0.01)

@@ -129,7 +129,8 @@ class EventConsumer:
         return len(entries)
 
     def _claim_if_due(self) -> list[streams.StreamEntry]:
-        """Entries idle past the claim time, taken over; dead-lettered past max deliveries."""
+        """Entries idle past the claim time, taken over; dead-lettered past max deliveries.
+        Also trims handled entries and removes consumers that died with nothing pending."""
         now = time.monotonic()
         if now < self._next_claim:
             return []
@@ -143,6 +144,10 @@ class EventConsumer:
             start_id=self._claim_from,
         )
         streams.stream_trim_handled(self.redis)
+        for name in streams.consumers_prune(
+            self.redis, keep=self.name, idle_seconds=conf.events_stale_consumer_seconds()
+        ):
+            logger.info("consume_events %s: removed stale consumer %s", self.name, name)
         keep = []
         for entry in claimed:
             logger.warning("consume_events %s: took over entry %s", self.name, entry.entry_id)

@@ -32,6 +32,13 @@ class EventRule(models.Model):
     )
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.DEFAULT)
     tags = models.JSONField(default=list, blank=True)
+    # A one-time code or a reset link in the event must not stay readable in the stored email:
+    # these context keys are masked the way the OTP API masks its code (services.redaction).
+    secret_keys = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Context keys masked in the stored email once it is sent, e.g. ["code"].',
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -13,9 +13,10 @@ from event_sends import streams
 from event_sends.errors import EventRejected
 from event_sends.models import EventRule, HandledEvent
 from event_sends.selectors import event_rules_for_event
-from mailqueue.errors import MailqueueError, ValidationFailed
-from mailqueue.models import Client, Priority
+from mailqueue.errors import MailqueueError, TemplateRenderError, ValidationFailed
+from mailqueue.models import Client, EmailJob, Priority
 from mailqueue.scheduling import connection
+from mailqueue.services.delivery import email_render
 from mailqueue.services.emails import email_create
 from mailqueue.validation import normalize_address_list
 from templates_app.selectors import template_get_active
@@ -24,10 +25,21 @@ from templates_app.selectors import template_get_active
 EVENT_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 # `user.email`, `items.0.email`: identifiers (or list indexes) separated by dots.
 PATH_PATTERN = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+# A context key a template names: `code`, `reset_url`.
+IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_EVENT_ID_LENGTH = HandledEvent._meta.get_field("event_id").max_length
 MAX_TAGS = 50
 MAX_TAG_LENGTH = 100
-RULE_FIELDS = ("event_type", "template", "recipient_path", "context_path", "priority", "tags")
+MAX_SECRET_KEYS = 20
+RULE_FIELDS = (
+    "event_type",
+    "template",
+    "recipient_path",
+    "context_path",
+    "priority",
+    "tags",
+    "secret_keys",
+)
 
 
 def event_rule_validate(**fields: Any) -> dict[str, Any]:
@@ -60,6 +72,17 @@ def event_rule_validate(**fields: Any) -> dict[str, Any]:
                 f"Each tag must be a non-empty string of at most {MAX_TAG_LENGTH} characters.",
                 field="tags",
             )
+    if "secret_keys" in fields:
+        keys = fields["secret_keys"]
+        if not isinstance(keys, list) or len(keys) > MAX_SECRET_KEYS:
+            raise ValidationFailed(
+                f"Must be a list of at most {MAX_SECRET_KEYS} context keys.", field="secret_keys"
+            )
+        if not all(isinstance(key, str) and IDENTIFIER_PATTERN.match(key) for key in keys):
+            raise ValidationFailed(
+                "Each secret key must be a context key name (letters, digits and _), e.g. code.",
+                field="secret_keys",
+            )
     return fields
 
 
@@ -72,8 +95,10 @@ def event_rule_create(
     context_path: str = "",
     priority: str = Priority.DEFAULT,
     tags: Sequence[str] = (),
+    secret_keys: Sequence[str] = (),
 ) -> EventRule:
-    """Store a rule of `client`: its events of `event_type` send `template`."""
+    """Store a rule of `client`: its events of `event_type` send `template`, with the values
+    of `secret_keys` (a one-time code) masked in the stored email once it is sent."""
     fields = event_rule_validate(
         event_type=event_type,
         template=template,
@@ -81,6 +106,7 @@ def event_rule_create(
         context_path=context_path,
         priority=priority,
         tags=list(tags),
+        secret_keys=list(secret_keys),
     )
     return EventRule.objects.create(client=client, **fields)
 
@@ -175,7 +201,28 @@ def _rule_email_fields(rule: EventRule, event: Event) -> dict[str, Any]:
             raise EventRejected(f"No context at data.{rule.context_path}.") from None
         if not isinstance(context, dict):
             raise EventRejected(f"The context at data.{rule.context_path} is not an object.")
-    return {"to": to, "context": context}
+    # Only the keys the context has: a secret key names a value to mask, not one to require.
+    secret_keys = [key for key in rule.secret_keys if key in context]
+    return {"to": to, "context": context, "secret_context_keys": secret_keys}
+
+
+def _rule_bodies_check(rule: EventRule, email: EmailJob) -> None:
+    """Render the email's bodies from its pinned template version, or EventRejected.
+
+    Accepting an email renders only its subject: a body the event's data cannot render would
+    otherwise become a failed email in the worker, where no one replays it. One render per
+    (event, rule), in the transaction that is rolled back when it fails.
+    """
+    source = email.template_version or email.template
+    # The selector loads the subject only; one query for both bodies, not one each.
+    source.refresh_from_db(fields=["html", "text"])
+    try:
+        email_render(email=email)
+    except TemplateRenderError as exc:
+        raise EventRejected(
+            f"Template '{rule.template}' cannot render its {exc.field or 'content'} with this "
+            f"event's context: {exc.message}"
+        ) from None
 
 
 def _rule_apply(rule: EventRule, event: Event, client: Client, outcome: EventOutcome) -> None:
@@ -203,6 +250,7 @@ def _rule_apply(rule: EventRule, event: Event, client: Client, outcome: EventOut
             metadata={"event_id": event.id, "event_type": event.type, "event_rule": rule.pk},
             **_rule_email_fields(rule, event),
         )
+        _rule_bodies_check(rule, email)
         handled.email_id = email.id
         handled.save(update_fields=["email_id"])
     outcome.emails.append(email)
@@ -214,7 +262,8 @@ def event_handle(*, raw: bytes | str | None) -> EventOutcome:
 
     Raises EventRejected when no email can ever come of the event (malformed, unknown client,
     no rule for its type); a rule that cannot make its email (no recipient, a context the
-    template refuses) is listed in `failures` while the other rules still send.
+    template's subject or bodies cannot render with) is listed in `failures` while the other
+    rules still send.
     """
     event = event_parse(raw=raw)
     client = Client.objects.filter(name=event.client).first()

@@ -133,6 +133,36 @@ def stream_trim_handled(redis: Redis) -> None:
     redis.xtrim(stream, minid=min_id, approximate=True)
 
 
+# XINFO CONSUMERS and XGROUP DELCONSUMER in one step: a consumer that reads an entry between
+# the two would otherwise lose it (deleting a consumer drops its pending entries for good).
+_PRUNE_CONSUMERS = """
+local removed = {}
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  if info['name'] ~= ARGV[2] and info['pending'] == 0 and info['idle'] > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    table.insert(removed, info['name'])
+  end
+end
+return removed
+"""
+
+
+def consumers_prune(redis: Redis, *, keep: str, idle_seconds: float) -> list[str]:
+    """Remove the group's consumers that have nothing pending and have been idle longer than
+    `idle_seconds` (processes that died without leaving), never `keep`; their names."""
+    removed = redis.eval(
+        _PRUNE_CONSUMERS,
+        1,
+        conf.events_stream(),
+        conf.events_group(),
+        keep,
+        int(idle_seconds * 1000),
+    )
+    return [_text(name) for name in removed]
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     milliseconds, _, sequence = entry_id.partition("-")
     return int(milliseconds), int(sequence or 0)

@@ -11,3 +11,9 @@ SEVEN_DAYS = 7 * 24 * 3600
 def confirm_max_age_seconds() -> int:
     """How long a double opt-in confirmation link works after it was sent."""
     return get_setting("MAILQUEUE_TOPICS_CONFIRM_MAX_AGE", SEVEN_DAYS, int, minimum=60)
+
+
+def confirm_resend_seconds() -> int:
+    """How long after a confirmation email a repeated subscribe of a pending address waits
+    before sending another (a form submitted in a loop must not flood the inbox)."""
+    return get_setting("MAILQUEUE_TOPICS_CONFIRM_RESEND_SECONDS", 60, int, minimum=0)

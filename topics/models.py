@@ -98,6 +98,9 @@ class Subscriber(models.Model):
     context = models.JSONField(default=dict, blank=True)
     frequency = models.CharField(max_length=10, choices=Frequency.choices, blank=True, default="")
     status = models.CharField(max_length=12, choices=SubscriberStatus.choices)
+    # When the last double opt-in confirmation email was sent: a repeated subscribe sends a
+    # new one (the old link may have expired), at most once per throttle period.
+    confirmation_sent_at = models.DateTimeField(null=True, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
     unsubscribed_at = models.DateTimeField(null=True, blank=True)
     unsubscribed_via = models.CharField(

@@ -27,6 +27,7 @@ from mailqueue.services.suppressions import NewSuppression, suppressions_add, su
 from mailqueue.validation import address_spec, normalize_address
 from templates_app.selectors import template_get_active
 from templates_app.services import template_validate_sources
+from topics import conf
 from topics.confirmation import confirm_url
 from topics.errors import SubscriptionConflict
 from topics.models import Subscriber, SubscriberStatus, Topic, UnsubscribedVia
@@ -184,7 +185,9 @@ def subscriber_subscribe(
 ) -> Subscription:
     """Subscribe an address to a topic: a new subscriber is active, or pending with a
     confirmation email sent when the topic asks for double opt-in; an existing one is returned
-    (with the context and frequency given, if any).
+    (with the context and frequency given, if any). A repeat for a pending subscriber sends a
+    new confirmation email (its first link may have expired), at most one per
+    `confirm_resend_seconds`.
 
     An address that unsubscribed is refused (409) unless `resubscribe`, which makes it active
     again and removes the topic's unsubscribe suppression; an address under a hard-bounce or
@@ -209,11 +212,24 @@ def subscriber_subscribe(
             raise _unsubscribed_conflict(email, topic)
         _topic_unsubscribe_removed(topic, email)
         changes.update(status=SubscriberStatus.ACTIVE, unsubscribed_at=None, unsubscribed_via="")
+    if subscriber.status == SubscriberStatus.PENDING and _confirmation_resend_due(subscriber):
+        # The row is locked (select_for_update): two repeats cannot both send.
+        subscriber.topic = topic
+        subscriber_confirmation_send(subscriber=subscriber)
+        changes["confirmation_sent_at"] = timezone.now()
     if changes:
         Subscriber.objects.filter(pk=subscriber.pk).update(**changes, updated_at=timezone.now())
         subscriber.refresh_from_db()
     subscriber.topic = topic
     return Subscription(subscriber=subscriber, created=False)
+
+
+def _confirmation_resend_due(subscriber: Subscriber) -> bool:
+    """Whether a pending subscriber's last confirmation email is old enough to send another."""
+    sent_at = subscriber.confirmation_sent_at
+    if sent_at is None:
+        return True  # subscribed before the time of sending was recorded
+    return (timezone.now() - sent_at).total_seconds() >= conf.confirm_resend_seconds()
 
 
 def _subscriber_create(
@@ -238,6 +254,7 @@ def _subscriber_create(
                 context=context or {},
                 frequency=frequency or "",
                 status=SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE,
+                confirmation_sent_at=timezone.now() if pending else None,
             )
     except IntegrityError:
         return None

@@ -318,3 +318,64 @@ def test_redis_down_is_retried_with_a_log_line(settings, caplog, booking_rule):
     assert len(lines) == 3
     assert "retrying in 1 s (failure 1)" in lines[0]
     assert "retrying in 4 s (failure 3)" in lines[2]
+
+
+def test_a_body_the_event_cannot_render_is_dead_lettered_and_creates_no_email(
+    redis, acme, django_capture_on_commit_callbacks
+):
+    """The subject renders but the HTML body fails on the event's data: the event is a dead
+    letter naming the rule and the part, not a queued email that fails in the worker."""
+    template_create(
+        slug="party",
+        name="Party",
+        subject="Party time",
+        html="<p>{% if guests|divisibleby:2 %}Even{% endif %}</p>",
+        text="Party",
+    )
+    rule = event_rule_create(
+        client=acme, event_type="party.planned", template="party", recipient_path="email"
+    )
+    event = {"id": "p1", "type": "party.planned", "client": "acme"}
+    publish(redis, {**event, "data": {"email": "ada@example.com", "guests": "many"}})
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        consume()
+
+    (letter,) = dead_letters(redis)
+    assert f"rule {rule.pk}" in letter["reason"]
+    assert "Template 'party' cannot render its html" in letter["reason"]
+    assert EmailJob.objects.count() == 0
+    assert HandledEvent.objects.count() == 0, "a fixed template may handle the replay"
+    assert callbacks == [], "no delivery requested for the rolled-back email"
+    assert pending_count(redis) == 0
+
+    publish(redis, {**event, "data": {"email": "ada@example.com", "guests": 4}})
+    consume()
+    assert EmailJob.objects.get().metadata["event_id"] == "p1"
+
+
+def test_consumers_that_died_with_nothing_pending_leave_the_group(redis, booking_rule, settings):
+    """The claim pass removes consumers idle past the threshold with nothing pending; one with
+    pending entries stays (its entries must remain claimable), and so does the live one."""
+    streams.group_ensure(redis)
+    # A consumer that joined, read nothing and was killed before it could leave.
+    assert redis.xgroup_createconsumer(STREAM, "mailqueue", "stale")
+    publish(redis, booking_event("evt-kept"))
+    assert redis.xreadgroup("mailqueue", "crashed", {STREAM: ">"}, count=1)
+    names = {row["name"] for row in redis.xinfo_consumers(STREAM, "mailqueue")}
+    assert names == {b"stale", b"crashed"}
+
+    consume(steps=1, name="survivor")  # the default threshold (an hour): nobody is removed
+    assert {row["name"] for row in redis.xinfo_consumers(STREAM, "mailqueue")} == names
+
+    settings.MAILQUEUE_EVENTS_STALE_CONSUMER_SECONDS = 0.05
+    redis.xgroup_createconsumer(STREAM, "mailqueue", "survivor")
+    time.sleep(0.1)
+    EventConsumer(name="survivor").step()
+
+    rows = {row["name"]: row["pending"] for row in redis.xinfo_consumers(STREAM, "mailqueue")}
+    assert rows == {b"crashed": 1, b"survivor": 0}
+    # The consumer pruning is never removed, however idle it looks.
+    time.sleep(0.1)
+    assert streams.consumers_prune(redis, keep="survivor", idle_seconds=0.05) == []
+    assert streams.consumers_prune(redis, keep="other", idle_seconds=0.05) == ["survivor"]

@@ -3,10 +3,12 @@ confirm page that changes nothing on GET and nothing for a bad token."""
 
 import re
 import time
+from datetime import timedelta
 
 import pytest
 from django.core import signing
 from django.test import Client as HttpClient
+from django.utils import timezone
 
 from mailqueue.models import EmailJob, Priority
 from topics.models import Subscriber
@@ -95,3 +97,25 @@ def test_a_subscriber_who_unsubscribed_is_not_confirmed(api, confirmed_topic, su
 
     assert response.status_code == 200
     assert Subscriber.objects.get().status == "unsubscribed"
+
+
+def test_a_repeat_after_the_throttle_resends_the_confirmation(confirmed_topic, subscribe, public):
+    """The first link expired (7 days): subscribing again sends a new one that works, but
+    repeats within a minute of the last confirmation email send nothing more."""
+    assert subscribe(email="ada@example.com").status_code == 201
+    Subscriber.objects.update(confirmation_sent_at=timezone.now() - timedelta(seconds=61))
+
+    again = subscribe(email="ada@example.com")
+    within_the_minute = subscribe(email="ada@example.com")
+
+    assert (again.status_code, again.json()["status"]) == (200, "pending")
+    assert within_the_minute.status_code == 200
+    _, second = EmailJob.objects.order_by("created_at")
+    assert second.to == ["ada@example.com"] and "Acme news" in second.subject
+    assert Subscriber.objects.count() == 1
+    done = HttpClient().post(_confirm_path(second))
+    assert done.status_code == 200
+    assert Subscriber.objects.get().status == "active"
+    # Once active, a repeat sends no confirmation.
+    assert subscribe(email="ada@example.com").status_code == 200
+    assert EmailJob.objects.count() == 2
