@@ -2,20 +2,28 @@
 
 import inspect
 from collections.abc import Callable
+from types import ModuleType
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from mailqueue import conf
+from schedules import conf as schedules_conf
+from topics import conf as topics_conf
+
+# The `conf` modules whose options mailqueue.E003 reads. otp and event_sends are not here: their
+# own checks (otp.E001, event_sends.E001) read theirs, and a bad value is reported once.
+CONF_MODULES: tuple[ModuleType, ...] = (conf, topics_conf, schedules_conf)
 
 
 def option_functions() -> list[Callable[[], object]]:
-    """Every option function of `mailqueue.conf` (its public functions that take no argument)."""
+    """Every option function of CONF_MODULES (their own public functions that take no argument)."""
     return [
         function
-        for name, function in inspect.getmembers(conf, inspect.isfunction)
-        if function.__module__ == conf.__name__
+        for module in CONF_MODULES
+        for name, function in inspect.getmembers(module, inspect.isfunction)
+        if function.__module__ == module.__name__
         and not name.startswith("_")
         and not inspect.signature(function).parameters
     ]
@@ -23,7 +31,7 @@ def option_functions() -> list[Callable[[], object]]:
 
 @register(Tags.compatibility)
 def check_options(app_configs: object = None, **kwargs: object) -> list[CheckMessage]:
-    """E003: an option's setting has a value Mailqueue cannot use."""
+    """E003: an option's setting has a value Mailqueue or one of its apps cannot use."""
     errors = []
     for option in option_functions():
         try:

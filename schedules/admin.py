@@ -1,19 +1,24 @@
 """Admin for recurring sends: schedules (checked and saved by the API's services) with a preview
-of their next runs and their latest runs; pause, resume and run-now actions call the same
-services the API calls."""
+of their next runs, which follows the cron and time zone fields while they are edited
+(schedules/schedule_preview.js asks the `preview/` view), and their latest runs; pause, resume
+and run-now actions call the same services the API calls."""
 
 from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.views.decorators.http import require_GET
 
-from mailqueue.admin.helpers import admin_change_link, copy_saved_instance
-from mailqueue.errors import MailqueueError
+from mailqueue.admin.helpers import admin_change_link, admin_url, copy_saved_instance
+from mailqueue.errors import MailqueueError, ValidationFailed
+from schedules.cron import cron_validate, timezone_validate
 from schedules.models import Schedule
 from schedules.selectors import schedule_next_runs, schedule_runs
 from schedules.services import (
@@ -52,6 +57,20 @@ def _service_fields(values: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _next_runs_shown(*, cron: str, timezone: str) -> list[dict[str, str]]:
+    """The next five ticks of a cron expression in a zone as the API's `next_runs` shows them
+    (`local` with the zone's offset, `utc` ending in Z); ValidationFailed naming `cron` or
+    `timezone` when one is not valid."""
+    cron = cron_validate(cron)
+    zone = timezone_validate(timezone)
+    # An unsaved row: the ticks come from the very selector the API's `next_runs` uses.
+    ticks = schedule_next_runs(schedule=Schedule(cron=cron, timezone=zone.key))
+    return [
+        {"local": tick["local"].isoformat(), "utc": tick["utc"].strftime("%Y-%m-%dT%H:%M:%SZ")}
+        for tick in ticks
+    ]
+
+
 class ScheduleForm(forms.ModelForm):
     """A schedule, checked as the API checks it (the topic is the client's, the recipients
     are addresses, cron and time zone valid), with the API's messages."""
@@ -87,21 +106,55 @@ class ScheduleAdmin(admin.ModelAdmin):
     readonly_fields = ("frequency", "next_run_at", "next_runs_preview", "runs_list")
     actions = ["pause", "resume", "run_now"]
 
+    class Media:
+        js = ["schedules/schedule_preview.js"]
+
     def get_fields(self, request: HttpRequest, obj: Schedule | None = None) -> tuple:
         """The editable fields, then what is computed (next runs, latest runs)."""
         return (*_FORM_FIELDS, *self.readonly_fields)
 
+    def get_urls(self) -> list:
+        """The default URLs plus the next-runs preview of an unsaved cron and time zone."""
+        return [
+            admin_url(self, "preview/", require_GET(self.preview_view), "preview"),
+            *super().get_urls(),
+        ]
+
+    def preview_view(self, request: HttpRequest) -> JsonResponse:
+        """The next five ticks of `?cron=...&timezone=...` (GET, JSON, nothing saved); a bad
+        expression or zone is a 400 whose `error` names the field."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            shown = _next_runs_shown(
+                cron=request.GET.get("cron", ""), timezone=request.GET.get("timezone", "")
+            )
+        except ValidationFailed as exc:
+            return JsonResponse(
+                {"error": f"{exc.field}: {exc.message}", "field": exc.field}, status=400
+            )
+        return JsonResponse({"next_runs": shown})
+
     @admin.display(description="next runs")
-    def next_runs_preview(self, obj: Schedule) -> SafeString | str:
-        """The next five ticks of the saved cron and time zone, local and UTC."""
-        if obj.pk is None:
-            return "Shown once the schedule is saved."
-        rows = schedule_next_runs(schedule=obj)
+    def next_runs_preview(self, obj: Schedule) -> SafeString:
+        """The next five ticks of the saved cron and time zone, local and UTC, in the area the
+        live preview redraws while cron or time zone is edited."""
+        if obj._state.adding:
+            # The primary key is set before the save, so only `adding` tells a new schedule.
+            shown = format_html('<p class="help">{}</p>', "Shown once the schedule is saved.")
+        else:
+            # A refused save never puts the refused value on the row: these are valid.
+            runs = _next_runs_shown(cron=obj.cron, timezone=obj.timezone)
+            shown = format_html(
+                "<ul>{}</ul>",
+                format_html_join(
+                    "", "<li>{} ({})</li>", ((run["local"], run["utc"]) for run in runs)
+                ),
+            )
         return format_html(
-            "<ul>{}</ul>",
-            format_html_join(
-                "", "<li>{} &nbsp; ({} UTC)</li>", ((r["local"], r["utc"]) for r in rows)
-            ),
+            '<div id="schedule-next-runs" data-preview-url="{}" aria-live="polite">{}</div>',
+            reverse(f"{self.admin_site.name}:schedules_schedule_preview"),
+            shown,
         )
 
     @admin.display(description="latest runs")

@@ -71,6 +71,26 @@ def test_manage_check_reports_an_unusable_value(settings):
     assert "MAILQUEUE_BATCH_CHUNK_SIZE" in str(excinfo.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAILQUEUE_TOPICS_CONFIRM_MAX_AGE", 30),
+        ("MAILQUEUE_TOPICS_CONFIRM_RESEND_SECONDS", "a minute"),
+        ("MAILQUEUE_SCHEDULE_CHUNK_SIZE", 0),
+        ("MAILQUEUE_SCHEDULE_EXPAND_SECONDS", "ten"),
+    ],
+)
+def test_manage_check_reports_an_unusable_value_of_an_apps_option(settings, name, value):
+    """An app's own option (topics, schedules) stops `manage.py check` too, named once."""
+    setattr(settings, name, value)
+
+    with pytest.raises(SystemCheckError) as excinfo:
+        call_command("check")
+
+    assert "mailqueue.E003" in str(excinfo.value)
+    assert str(excinfo.value).count(name) == 1
+
+
 def test_message_ids_use_the_default_senders_domain(settings):
     """DEFAULT_FROM_EMAIL = "Billing <billing@acme.test>" gives Message-IDs @acme.test."""
     settings.DEFAULT_FROM_EMAIL = "Billing <billing@acme.test>"
