@@ -250,6 +250,7 @@ _MAILQUEUE_VARIABLES = {
     "MAILQUEUE_EVENTS_BATCH_SIZE": env.int,
     "MAILQUEUE_EVENTS_MAX_DELIVERIES": env.int,
     "MAILQUEUE_EVENTS_DEAD_MAX_LEN": env.int,
+    "MAILQUEUE_EVENTS_HANDLED_KEEP_DAYS": env.int,
 }
 for _name, _parse in _MAILQUEUE_VARIABLES.items():
     if _name in env.ENVIRON:

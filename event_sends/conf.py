@@ -63,3 +63,10 @@ def events_max_deliveries() -> int:
 def events_dead_max_len() -> int:
     """About how many dead letters are kept (older ones are trimmed when new ones arrive)."""
     return get_setting("MAILQUEUE_EVENTS_DEAD_MAX_LEN", 10000, int, minimum=1)
+
+
+def events_handled_keep_days() -> int:
+    """Days the record of a handled (event, rule) pair is kept: an event delivered again
+    within this time creates no second email (exactly once holds within it); one arriving
+    later is handled as new. The scheduler's daily housekeeping deletes older records."""
+    return get_setting("MAILQUEUE_EVENTS_HANDLED_KEEP_DAYS", 30, int, minimum=1)

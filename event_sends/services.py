@@ -1,15 +1,17 @@
 """Writes of event-driven sends: managing a client's rules, turning one event into its emails,
-and replaying or deleting dead letters."""
+replaying or deleting dead letters, and purging old handled-event records."""
 
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from event_sends import streams
+from event_sends import conf, streams
 from event_sends.errors import EventRejected
 from event_sends.models import EventRule, HandledEvent
 from event_sends.selectors import event_rules_for_event
@@ -18,6 +20,7 @@ from mailqueue.models import Client, EmailJob, Priority
 from mailqueue.scheduling import connection
 from mailqueue.services.delivery import email_render
 from mailqueue.services.emails import email_create
+from mailqueue.services.retention import delete_in_batches
 from mailqueue.validation import normalize_address_list
 from templates_app.selectors import template_get_active
 
@@ -291,3 +294,14 @@ def dead_letters_delete(*, entry_ids: Sequence[str]) -> int:
     """Delete dead letters for good; how many there were."""
     redis = connection()
     return sum(streams.dead_letter_delete(redis, entry_id=entry_id) for entry_id in entry_ids)
+
+
+def events_handled_purge(*, now: datetime | None = None, dry_run: bool = False) -> int:
+    """Delete the records of (event, rule) pairs handled more than
+    MAILQUEUE_EVENTS_HANDLED_KEEP_DAYS before `now`, in bounded batches; return how many (in a
+    dry run, count them only).
+
+    Past that time the same event id is no longer recognised: exactly once holds within it.
+    """
+    before = (now or timezone.now()) - timedelta(days=conf.events_handled_keep_days())
+    return delete_in_batches(HandledEvent.objects.filter(handled_at__lt=before), dry_run=dry_run)

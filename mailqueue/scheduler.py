@@ -1,6 +1,7 @@
 """The `rqscheduler` process: rq-scheduler's loop, which releases scheduled sends and retries
-on time, plus the sweeper that puts stuck emails back (see services/sweeper.py) and the runs of
-recurring sends (see schedules/services.py).
+on time, plus the sweeper that puts stuck emails back (see services/sweeper.py), the runs of
+recurring sends (see schedules/services.py) and the daily housekeeping (see
+services/housekeeping.py).
 
 `manage.py rqscheduler` runs it; django-rq builds it from `RQ["SCHEDULER_CLASS"]`.
 
@@ -25,14 +26,14 @@ from redis.exceptions import RedisError
 from mailqueue import conf
 from mailqueue.liveness import SCHEDULER_KEY_TTL_SECONDS, SCHEDULERS_KEY
 from mailqueue.services import emails_sweep
-from mailqueue.services.retention import retention_purge
+from mailqueue.services.housekeeping import housekeeping_run
 from schedules.services import schedules_tick
 
 logger = logging.getLogger(__name__)
 
 # The release-and-sweep lock outlives a slow pass (a sweep of 10,000 rows), whatever the interval.
 SCHEDULER_LOCK_TTL_SECONDS = 120
-# Set for a day by the scheduler that starts the daily retention purge: one purge a day in all.
+# Set for a day by the scheduler that starts the daily housekeeping: one run a day in all.
 RETENTION_KEY = "mailqueue:retention:daily"
 RETENTION_EVERY_SECONDS = 24 * 3600
 _RELEASE_LOCK_SCRIPT = """
@@ -171,20 +172,19 @@ class MailqueueScheduler(DjangoScheduler):
         return self.connection.register_script(_RELEASE_LOCK_SCRIPT)
 
     def _purge_daily(self) -> None:
-        """Start the retention purge in a thread once a day across all schedulers, so a long
-        purge never delays scheduled sends; each of its batches is its own transaction."""
-        if conf.retention_content_days() is None and conf.retention_days() is None:
-            return
+        """Start the housekeeping (old codes and handled events always, retention when it is
+        set) in a thread once a day across all schedulers, so a long purge never delays
+        scheduled sends; each of its batches is its own transaction."""
         if not self.connection.set(RETENTION_KEY, self.name, ex=RETENTION_EVERY_SECONDS, nx=True):
             return
-        self.purge_thread = threading.Thread(target=self._purge, name="retention", daemon=True)
+        self.purge_thread = threading.Thread(target=self._purge, name="housekeeping", daemon=True)
         self.purge_thread.start()
 
     def _purge(self) -> None:
         try:
-            retention_purge()
+            housekeeping_run()
         except Exception:
-            logger.exception("retention purge failed; the next daily run continues it")
+            logger.exception("daily housekeeping failed; the next daily run continues it")
         finally:
             # The thread's own connection: nothing else would ever close it.
             connection.close()

@@ -16,6 +16,7 @@ from django.utils.crypto import salted_hmac
 from mailqueue.errors import ValidationFailed
 from mailqueue.models import ApiKey, Client, Priority
 from mailqueue.services.emails import email_create, emails_cancel_many
+from mailqueue.services.retention import delete_in_batches
 from mailqueue.validation import address_spec
 from otp import conf
 from otp.errors import OtpRateLimited
@@ -192,10 +193,8 @@ def otp_verify(
     return Verification(verified=False, reason=VerifyReason.INVALID)
 
 
-def codes_purge(*, before: datetime | None = None) -> int:
-    """Delete codes issued before `before` (default: MAILQUEUE_OTP_KEEP_HOURS ago); return how
-    many."""
-    if before is None:
-        before = timezone.now() - timedelta(hours=conf.keep_hours())
-    deleted, _ = OneTimeCode.objects.filter(created_at__lt=before).delete()
-    return deleted
+def codes_purge(*, now: datetime | None = None, dry_run: bool = False) -> int:
+    """Delete codes issued more than MAILQUEUE_OTP_KEEP_HOURS before `now`, in bounded
+    batches; return how many (in a dry run, count them only)."""
+    before = (now or timezone.now()) - timedelta(hours=conf.keep_hours())
+    return delete_in_batches(OneTimeCode.objects.filter(created_at__lt=before), dry_run=dry_run)

@@ -84,11 +84,11 @@ def retention_purge(*, dry_run: bool = False, now: datetime | None = None) -> Pu
         links_cutoff = min(cutoff, now - timedelta(days=TRACKED_LINKS_KEPT_DAYS))
         _delete_emails(cutoff, links_cutoff, result, dry_run=dry_run)
         captured = CapturedMessage.objects.filter(created_at__lt=cutoff)
-        result.captured_messages_deleted = _delete_in_batches(captured, dry_run=dry_run)
+        result.captured_messages_deleted = delete_in_batches(captured, dry_run=dry_run)
         expired = IdempotencyRecord.objects.filter(
             created_at__lt=now - timedelta(hours=conf.idempotency_ttl_hours())
         )
-        result.idempotency_records_deleted = _delete_in_batches(expired, dry_run=dry_run)
+        result.idempotency_records_deleted = delete_in_batches(expired, dry_run=dry_run)
     if content_days is not None or days is not None:
         logger.info("retention purge%s: %s", " (dry run)" if dry_run else "", result)
     return result
@@ -143,12 +143,13 @@ def _delete_emails(
         Q(created_at__lt=links_cutoff)
         | ~Exists(TrackedLink.objects.filter(email_id=OuterRef("pk")))
     )
-    result.emails_deleted = _delete_in_batches(old, dry_run=dry_run)
+    result.emails_deleted = delete_in_batches(old, dry_run=dry_run)
 
 
-def _delete_in_batches(queryset: QuerySet, *, dry_run: bool) -> int:
-    """Delete the rows of `queryset` (their CASCADE children too), one batch per transaction;
-    returns how many rows of the queryset's own model went."""
+def delete_in_batches(queryset: QuerySet, *, dry_run: bool = False) -> int:
+    """Delete the rows of `queryset` (their CASCADE children too), one transaction per batch of
+    MAILQUEUE_RETENTION_BATCH_SIZE; returns how many rows of the queryset's own model went (in
+    a dry run, would go)."""
     if dry_run:
         return queryset.count()
     model = queryset.model

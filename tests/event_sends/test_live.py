@@ -1,5 +1,6 @@
 """The real `manage.py consume_events` process: stream and pub/sub events become emails, its
-health check follows it, SIGTERM stops it cleanly."""
+health check follows it, SIGTERM stops it cleanly, and the entry of one killed mid-entry is
+taken over and sent once."""
 
 import json
 import signal
@@ -7,13 +8,15 @@ import subprocess
 import sys
 
 import pytest
+from django.db import connection, transaction
 
+from event_sends.models import HandledEvent
 from event_sends.services import event_rule_create
 from mailqueue.liveness import live_consumer_count
 from mailqueue.models import Client, EmailJob
 from mailqueue.scheduling import connection as redis_connection
 from templates_app.services import template_create
-from tests.event_sends.conftest import booking_event, publish
+from tests.event_sends.conftest import STREAM, booking_event, pending_count, publish
 from tests.live import PROJECT_DIR, live_env, process_logs, processes, wait_until
 
 
@@ -80,3 +83,59 @@ def test_consume_events_process_stream_and_pubsub(tmp_path):
     unhealthy = _healthcheck(env)
     assert unhealthy.returncode == 1
     assert "no live consumer" in unhealthy.stderr
+
+
+def _waiting_for_event_handled() -> int:
+    """Sessions waiting for a lock on the handled-events table (an INSERT blocked there)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'event_handled'::regclass "
+            "AND NOT granted"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_consumer_killed_mid_entry_is_taken_over_and_sends_once(tmp_path, booking_rule):
+    """A real consumer reads an entry and is SIGKILLed while its INSERT into `event_handled`
+    waits for a lock this test holds (so it dies between the read and the XACK, nothing
+    committed); a second consumer takes the entry over after the idle time, creates the email
+    exactly once and acknowledges it."""
+    redis = redis_connection()
+    env = live_env(MAILQUEUE_EVENTS_BLOCK_SECONDS="0.2", MAILQUEUE_EVENTS_CLAIM_IDLE_SECONDS="1")
+    first_logs, second_logs = tmp_path / "first", tmp_path / "second"
+    first_logs.mkdir()
+    second_logs.mkdir()
+    entry_id = publish(redis, booking_event("evt-killed"))
+
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE event_handled IN ACCESS EXCLUSIVE MODE")
+        with processes([["consume_events"]], env, first_logs) as (first,):
+            wait_until(
+                lambda: _waiting_for_event_handled() == 1,
+                timeout=10,
+                what="the consumer to block on its INSERT into event_handled",
+                logs=first_logs,
+            )
+            (pending,) = redis.xpending_range(STREAM, "mailqueue", min="-", max="+", count=10)
+            assert pending["message_id"].decode() == entry_id
+            assert pending["consumer"].decode().endswith(f"-{first.pid}")
+            first.kill()
+            assert first.wait(timeout=5) == -signal.SIGKILL
+    # The lock is released: the killed consumer's session, if it gets that far, cannot commit.
+
+    with processes([["consume_events"]], env, second_logs):
+        wait_until(
+            lambda: pending_count(redis) == 0,
+            timeout=10,
+            what="the second consumer to take over and acknowledge the entry",
+            logs=second_logs,
+        )
+        assert "took over entry" in process_logs(second_logs)
+
+    assert list(EmailJob.objects.values_list("metadata__event_id", "to")) == [
+        ("evt-killed", ["ada@example.com"])
+    ]
+    assert list(HandledEvent.objects.values_list("event_id", flat=True)) == ["evt-killed"]
+    assert not redis.xrange(f"{STREAM}:dead")

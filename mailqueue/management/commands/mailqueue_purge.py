@@ -1,19 +1,22 @@
-"""`manage.py mailqueue_purge [--dry-run]`: apply the retention settings once (the scheduler
-also does it daily)."""
+"""`manage.py mailqueue_purge [--dry-run]`: run the daily housekeeping once (the scheduler also
+runs it daily): old one-time codes and handled-event records, and the retention settings."""
 
 from django.core.management.base import BaseCommand
 
-from mailqueue.services.retention import retention_purge
+from mailqueue.services.housekeeping import housekeeping_run
 
 
 class Command(BaseCommand):
-    """Apply MAILQUEUE_RETENTION_CONTENT_DAYS and MAILQUEUE_RETENTION_DAYS once."""
+    """Run the housekeeping of services/housekeeping.py once and print its counts."""
 
-    help = "Drop old email content and delete old finished emails, in bounded batches."
+    help = (
+        "Delete old one-time codes and handled-event records, and apply the retention settings "
+        "(drop old email content, delete old finished emails), in bounded batches."
+    )
 
     def add_arguments(self, parser) -> None:
         """--dry-run counts what would go, changing nothing."""
         parser.add_argument("--dry-run", action="store_true", help="Count only; change nothing.")
 
     def handle(self, *args, **options) -> None:
-        self.stdout.write(str(retention_purge(dry_run=options["dry_run"])))
+        self.stdout.write(str(housekeeping_run(dry_run=options["dry_run"])))
