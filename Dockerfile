@@ -27,6 +27,6 @@ RUN SECRET_KEY=build-only DATABASE_URL=sqlite:////tmp/build.sqlite3 \
  && chmod +x /usr/local/bin/mailqueue-entrypoint
 
 USER mailqueue
-EXPOSE 8000
+EXPOSE 8000 2525
 ENTRYPOINT ["mailqueue-entrypoint"]
 CMD ["web"]

@@ -11,6 +11,11 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from mailqueue.priorities import QUEUE_NAMES, WEBHOOKS
+from mailqueue.redis_config import (
+    DEFAULT_SENTINEL_SERVICE,
+    rq_connection_config,
+    sentinel_addresses,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -57,6 +62,7 @@ MIDDLEWARE = [
     "mailqueue.middleware.RequestLogMiddleware",
     "mailqueue.middleware.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "mailqueue.middleware.ContentSecurityPolicyMiddleware",
     # Serves the admin's and the API docs' static files from gunicorn (no separate web server).
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -101,17 +107,32 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    # DATABASE_PGBOUNCER=1: DATABASE_URL is a PgBouncer in transaction mode, where consecutive
+    # transactions of one connection may run on different server connections, so nothing may
+    # outlive a transaction on the server: no server-side cursors (`.iterator()` would DECLARE
+    # one WITH HOLD) and no prepared statements (psycopg prepares a query it ran five times;
+    # PgBouncer < 1.21 cannot track them). Persistent connections to PgBouncer stay fine.
+    if env.bool("DATABASE_PGBOUNCER", default=False):
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# One Redis configuration for every Redis user (queues, scheduler, metrics, circuit breakers, rate
+# limits, streams, health): REDIS_URL (redis://[[user]:password@]host:port/db, or rediss:// with
+# TLS options such as ?ssl_ca_certs=/path/ca.pem in its query string) and, behind Sentinel,
+# REDIS_SENTINELS=host:port,... with REDIS_SENTINEL_SERVICE (the master's name) and
+# REDIS_SENTINEL_PASSWORD (the sentinels' own, if they require one). mailqueue/redis_config.py.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+REDIS_SENTINELS = sentinel_addresses(env.str("REDIS_SENTINELS", default=""))
+REDIS_SENTINEL_SERVICE = env.str("REDIS_SENTINEL_SERVICE", default=DEFAULT_SENTINEL_SERVICE)
+_REDIS_CONNECTION = rq_connection_config(
+    REDIS_URL,
+    sentinels=REDIS_SENTINELS,
+    service=REDIS_SENTINEL_SERVICE,
+    sentinel_password=env.str("REDIS_SENTINEL_PASSWORD", default=""),
+)
 RQ_QUEUES = {
-    name: {
-        "URL": REDIS_URL,
-        "DEFAULT_TIMEOUT": 600,
-        # Fail fast when Redis is unreachable instead of hanging a request or the scheduler.
-        "CONNECTION_KWARGS": {"socket_connect_timeout": 5, "health_check_interval": 30},
-    }
-    for name in (*QUEUE_NAMES, WEBHOOKS)
+    name: {**_REDIS_CONNECTION, "DEFAULT_TIMEOUT": 600} for name in (*QUEUE_NAMES, WEBHOOKS)
 }
 RQ = {
     # Workers run jobs in their own process (no fork per job) so SMTP/HTTP connections to
@@ -166,6 +187,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Emails and topic subscribers both have a `status`: name each set (else a hashed name and
+    # the drf_spectacular.W001 warning in `check --deploy`).
+    "ENUM_NAME_OVERRIDES": {
+        "EmailStatusEnum": "mailqueue.models.EmailStatus",
+        "SubscriberStatusEnum": "topics.models.SubscriberStatus",
+    },
 }
 
 # Messages (such as a new API key shown once in the admin) stay server-side, not in a cookie.
@@ -230,6 +257,27 @@ _MAILQUEUE_VARIABLES = {
     "MAILQUEUE_TRACK_STORE_IP": env.bool,
     "MAILQUEUE_METRICS_TOKEN": env.str,
     "MAILQUEUE_LOG_RECIPIENTS": env.bool,
+    "MAILQUEUE_SENDER_DOMAINS_REQUIRED": env.bool,
+    "MAILQUEUE_DNS_NAMESERVERS": env.list,
+    "MAILQUEUE_DNS_TIMEOUT_SECONDS": env.float,
+    "MAILQUEUE_ADMIN_LOGIN_FAILURES": env.int,
+    "MAILQUEUE_ADMIN_LOGIN_WINDOW_SECONDS": env.int,
+    "MAILQUEUE_TRUSTED_PROXIES": env.int,
+    "MAILQUEUE_RATE_LIMITS": env.str,
+    "MAILQUEUE_RATE_LIMIT_HIGH_RESERVE": env.float,
+    "MAILQUEUE_BREAKER_FAILURES": env.int,
+    "MAILQUEUE_BREAKER_WINDOW_SECONDS": env.float,
+    "MAILQUEUE_SMTPD_HOST": env.str,
+    "MAILQUEUE_SMTPD_PORT": env.int,
+    "MAILQUEUE_SMTPD_TLS_CERT": env.str,
+    "MAILQUEUE_SMTPD_TLS_KEY": env.str,
+    "MAILQUEUE_SMTPD_ALLOW_PLAIN_AUTH": env.bool,
+    "MAILQUEUE_SMTPD_MAX_MESSAGE_BYTES": env.int,
+    "MAILQUEUE_SMTPD_MAX_RECIPIENTS": env.int,
+    "MAILQUEUE_SMTPD_MAX_CONNECTIONS": env.int,
+    # Template sandbox limits (templates_app/conf.py).
+    "MAILQUEUE_TEMPLATE_RENDER_SECONDS": env.float,
+    "MAILQUEUE_TEMPLATE_MAX_OUTPUT_CHARS": env.int,
     # Event-driven sends (event_sends/conf.py).
     "MAILQUEUE_TOPICS_CONFIRM_MAX_AGE": env.int,
     "MAILQUEUE_TOPICS_CONFIRM_RESEND_SECONDS": env.int,
@@ -297,7 +345,22 @@ LOGGING = {
     },
 }
 
+# X-Content-Type-Options: nosniff, X-Frame-Options: DENY, Referrer-Policy: same-origin and
+# Cross-Origin-Opener-Policy: same-origin are Django's defaults (SecurityMiddleware and
+# XFrameOptionsMiddleware) in every mode; mailqueue.middleware adds the Content-Security-Policy.
+# DENY keeps the previews working: they are srcdoc iframes, which load no URL of ours.
 if not DEBUG:
+    # TLS ends at the reverse proxy, which must set X-Forwarded-Proto (and overwrite a client's).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+    # Sent only on HTTPS requests (SecurityMiddleware checks request.is_secure()), so a plain
+    # HTTP setup (docker compose on localhost) never gets it. SECURE_HSTS_SECONDS=0 turns it off.
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+    # Off by default: the proxy in front usually redirects http:// itself, and docker compose
+    # serves plain HTTP on localhost. With it on, the probes and Prometheus still reach the pods
+    # over plain HTTP inside the network (their paths are exempt).
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+    SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]

@@ -12,6 +12,7 @@ from mailqueue.api.fields import SingleLineCharField
 from mailqueue.api.schema import field_errors_response
 from mailqueue.api.serializers import StrictSerializer
 from mailqueue.api.views import ScopedApiView, created_response
+from mailqueue.authentication import test_key_refuse
 from mailqueue.models import Priority
 
 RULE_ERRORS = {400: field_errors_response("A field is missing or invalid; the body names it.")}
@@ -82,6 +83,7 @@ class EventRulesApi(ScopedApiView):
     )
     def post(self, request: Request) -> Response:
         """Add a rule: the client's events of `event_type` send `template`; 201."""
+        test_key_refuse(request.auth, what="create event rules")
         serializer = EventRuleInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         rule = event_rule_create(client=request.auth.client, **serializer.validated_data)

@@ -9,6 +9,15 @@ from mailqueue.models import ApiKey
 from mailqueue.services import api_key_authenticate
 
 
+def test_key_refuse(api_key: ApiKey, *, what: str) -> None:
+    """403 for a test key asking for `what`: something that sends later, outside the request
+    (a schedule's runs, an event rule's emails), which could not be kept to the simulator."""
+    if api_key.is_test:
+        raise exceptions.PermissionDenied(
+            f"A test key cannot {what}: it would send real email later. Use a live key."
+        )
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     """Authenticates a request by API key; request.user and request.auth are the ApiKey."""
 

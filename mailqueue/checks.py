@@ -10,11 +10,12 @@ from django.core.exceptions import ImproperlyConfigured
 
 from mailqueue import conf
 from schedules import conf as schedules_conf
+from templates_app import conf as templates_conf
 from topics import conf as topics_conf
 
 # The `conf` modules whose options mailqueue.E003 reads. otp and event_sends are not here: their
 # own checks (otp.E001, event_sends.E001) read theirs, and a bad value is reported once.
-CONF_MODULES: tuple[ModuleType, ...] = (conf, topics_conf, schedules_conf)
+CONF_MODULES: tuple[ModuleType, ...] = (conf, topics_conf, schedules_conf, templates_conf)
 
 
 def option_functions() -> list[Callable[[], object]]:
@@ -66,7 +67,7 @@ def check_providers(app_configs: object = None, **kwargs: object) -> list[CheckM
             provider_class(name)
         except ProviderConfigurationError as exc:
             errors.append(Error(str(exc), id="mailqueue.E002"))
-    if not settings.DEBUG and names and set(names) <= {"capture", "console"}:
+    if not settings.DEBUG and names and set(names) <= {"capture", "console", "simulator"}:
         errors.append(
             Warning(
                 "EMAIL_PROVIDERS has only capture/console: no email leaves this server.",

@@ -7,6 +7,7 @@ setting in an ImproperlyConfigured error when its value is unusable; the system 
 mailqueue.E003 reads every option, so such a value stops `manage.py` commands at startup.
 """
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from email.utils import parseaddr
 from typing import Any, TypeVar
@@ -76,12 +77,25 @@ def release_providers() -> list[str]:
     """Providers a captured message is released to: MAILQUEUE_RELEASE_PROVIDERS, or the real
     (non-capture, non-console) providers of EMAIL_PROVIDERS."""
     configured = get_setting("MAILQUEUE_RELEASE_PROVIDERS", [], _names)
-    return configured or [name for name in providers() if name not in {"capture", "console"}]
+    return configured or [
+        name for name in providers() if name not in {"capture", "console", "simulator"}
+    ]
 
 
 def provider_cooldown_seconds() -> float:
-    """How long a worker skips a provider after an outage (connection refused, timeout, 5xx)."""
+    """How long a provider's circuit stays open (no call from any worker) before one half-open
+    probe decides whether it closes."""
     return get_setting("MAILQUEUE_PROVIDER_COOLDOWN_SECONDS", 30.0, float, minimum=0)
+
+
+def breaker_failures() -> int:
+    """Transient failures of a provider within the window that open its circuit."""
+    return get_setting("MAILQUEUE_BREAKER_FAILURES", 5, int, minimum=1)
+
+
+def breaker_window_seconds() -> float:
+    """The sliding window in which a provider's transient failures are counted."""
+    return get_setting("MAILQUEUE_BREAKER_WINDOW_SECONDS", 30.0, float, minimum=0.001)
 
 
 def smtp_settings() -> dict:
@@ -140,6 +154,47 @@ def max_body_bytes() -> int:
     return get_setting("MAILQUEUE_MAX_BODY_BYTES", 10 * 1024 * 1024, int, minimum=1)
 
 
+# --- SMTP submission (`manage.py smtpd`, mailqueue/smtpd/) ------------------------------------
+def smtpd_host() -> str:
+    """Address the SMTP submission server listens on."""
+    return get_setting("MAILQUEUE_SMTPD_HOST", "0.0.0.0", str)  # noqa: S104 (a server's job)
+
+
+def smtpd_port() -> int:
+    """Port of the SMTP submission server."""
+    return get_setting("MAILQUEUE_SMTPD_PORT", 2525, int, minimum=0)
+
+
+def smtpd_tls_cert() -> str:
+    """PEM certificate (chain) file offered with STARTTLS; "" for no TLS."""
+    return get_setting("MAILQUEUE_SMTPD_TLS_CERT", "", str)
+
+
+def smtpd_tls_key() -> str:
+    """PEM private key file of MAILQUEUE_SMTPD_TLS_CERT."""
+    return get_setting("MAILQUEUE_SMTPD_TLS_KEY", "", str)
+
+
+def smtpd_allow_plain_auth() -> bool:
+    """Allow AUTH (an API key as the password) over an unencrypted connection: local use only."""
+    return get_setting("MAILQUEUE_SMTPD_ALLOW_PLAIN_AUTH", False, _boolean)
+
+
+def smtpd_max_message_bytes() -> int:
+    """Largest message accepted (552 above); also announced in EHLO's SIZE."""
+    return get_setting("MAILQUEUE_SMTPD_MAX_MESSAGE_BYTES", 10 * 1024 * 1024, int, minimum=1)
+
+
+def smtpd_max_recipients() -> int:
+    """Most RCPT TO per message (452 for more); no more than MAILQUEUE_MAX_RECIPIENTS counts."""
+    return min(get_setting("MAILQUEUE_SMTPD_MAX_RECIPIENTS", 50, int, minimum=1), max_recipients())
+
+
+def smtpd_max_connections() -> int:
+    """Open connections one server process serves at once (421 to the next)."""
+    return get_setting("MAILQUEUE_SMTPD_MAX_CONNECTIONS", 100, int, minimum=1)
+
+
 def lease_seconds() -> int:
     """How long a worker may hold an email in `sending` before the sweeper takes it back."""
     return get_setting("MAILQUEUE_LEASE_SECONDS", 300, int, minimum=1)
@@ -187,7 +242,50 @@ def _days_or_none(value: object) -> int | None:
 
 def api_throttle_rate() -> str | None:
     """Per-API-key request rate such as `100/s`, or None for no throttling."""
-    return get_setting("MAILQUEUE_API_THROTTLE_RATE", None, _text_or_none)
+    return get_setting("MAILQUEUE_API_THROTTLE_RATE", None, _throttle_rate)
+
+
+def _throttle_rate(value: object) -> str | None:
+    """`N/s`, `N/min`, `N/hour` or `N/day` (DRF's format: the unit's first letter counts), or
+    None for an empty value; refused here rather than as a 500 on the first request."""
+    rate = _text_or_none(value)
+    if rate is None:
+        return None
+    count, _, unit = rate.partition("/")
+    if not count.strip().isdigit() or int(count) < 1 or unit.strip()[:1] not in set("smhd"):
+        raise ValueError("expected a rate such as 100/s or 6000/min")
+    return rate
+
+
+# --- Shared rate limits (mailqueue/rate_limits.py) ------------------------------------------
+
+
+def _rate_limits(value: object) -> dict:
+    # Here, not at the top: rate_limits.py reads this module.
+    from mailqueue.rate_limits import rate_limits_parse
+
+    return rate_limits_parse(value)
+
+
+def rate_limits() -> dict:
+    """Sending limits by provider name or `domain:<recipient domain>`, from a text such as
+    `amazon_ses=14/s:28, domain:gmail.com=20/s` (N/s or N/min, burst after the colon, default
+    1); empty (the default): no limits, and no Redis call for them."""
+    return get_setting("MAILQUEUE_RATE_LIMITS", {}, _rate_limits)
+
+
+def _fraction(value: object) -> float:
+    """A number from 0 to 1."""
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError("expected a fraction from 0 to 1")
+    return number
+
+
+def rate_limit_high_reserve() -> float:
+    """Fraction of each limit's burst that only `high` emails may use: `default` and `low` ones
+    wait while the bucket holds less than this."""
+    return get_setting("MAILQUEUE_RATE_LIMIT_HIGH_RESERVE", 0.2, _fraction)
 
 
 def allowed_headers() -> set[str]:
@@ -291,3 +389,54 @@ def message_id_domain() -> str:
     """Domain of the Message-IDs we generate: the default sender's domain."""
     address = parseaddr(default_from_email())[1]
     return address.rpartition("@")[2] or "localhost"
+
+
+# --- Sender domains (mailqueue/services/sender_domains.py) ---------------------------------
+
+
+def sender_domains_required() -> bool:
+    """Whether every from_email and reply_to must be on one of the client's verified sender
+    domains (off only for a single-tenant install that trusts every key)."""
+    return get_setting("MAILQUEUE_SENDER_DOMAINS_REQUIRED", True, _boolean)
+
+
+def _nameservers(value: object) -> list[tuple[str, int]]:
+    """(IP address, port) pairs from `ip`, `ip:port` or `[ipv6]:port` items."""
+    servers = []
+    for item in _names(value):
+        host, port = item, "53"
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":") or "53"
+        elif item.count(":") == 1:
+            host, port = item.split(":")
+        servers.append((str(ipaddress.ip_address(host)), int(port)))
+    return servers
+
+
+def dns_nameservers() -> list[tuple[str, int]]:
+    """Nameservers that answer sender-domain TXT lookups; empty: the system's resolvers."""
+    return get_setting("MAILQUEUE_DNS_NAMESERVERS", [], _nameservers)
+
+
+def dns_timeout_seconds() -> float:
+    """How long one sender-domain verification waits for DNS in all."""
+    return get_setting("MAILQUEUE_DNS_TIMEOUT_SECONDS", 5.0, float, minimum=0.1)
+
+
+# --- Admin login (mailqueue/security.py) -------------------------------------------------------
+def admin_login_failures() -> int:
+    """Failed admin logins from one client IP, or for one username, that block further tries
+    (429) until the window ends."""
+    return get_setting("MAILQUEUE_ADMIN_LOGIN_FAILURES", 5, int, minimum=1)
+
+
+def admin_login_window_seconds() -> int:
+    """Seconds failed admin logins are counted over, from the first one (a fixed window)."""
+    return get_setting("MAILQUEUE_ADMIN_LOGIN_WINDOW_SECONDS", 900, int, minimum=1)
+
+
+def trusted_proxies() -> int:
+    """Reverse proxies in front of the web process that append the client's address to
+    X-Forwarded-For; 0 (the default): the client is REMOTE_ADDR and X-Forwarded-For is ignored."""
+    return get_setting("MAILQUEUE_TRUSTED_PROXIES", 0, int, minimum=0)

@@ -72,6 +72,7 @@ class DeliveryError(MailqueueError):
         error_class: str = "",
         transient: bool = True,
         outage: bool = False,
+        unclassified: bool = False,
     ) -> None:
         super().__init__(message)
         self.error_class = error_class
@@ -79,6 +80,16 @@ class DeliveryError(MailqueueError):
         # The provider itself is unreachable or unusable (not just this message): skip it for a
         # while instead of paying its timeout for every email.
         self.outage = outage
+        # No provider recognised the exception (see providers.base.unclassified_error).
+        self.unclassified = unclassified
+
+    @property
+    def counts_against_provider(self) -> bool:
+        """Whether the failure says something about the provider rather than this message: an
+        outage, or an exception nobody classified. These open its circuit breaker; a reply about
+        one message (an SMTP 451 for a greylisted recipient) does not, so a few deferred
+        recipients never stop everyone's mail."""
+        return self.outage or self.unclassified
 
     @property
     def kind(self) -> str:

@@ -3,8 +3,9 @@
 
 `/health/` is `unhealthy` (503) only when PostgreSQL does not answer: with Redis down the
 outbox still takes email and the sweeper enqueues it later, so that, like no live worker or a
-provider cooling down, is `degraded` (200). Error texts can name hosts, so anonymous callers
-see only an error's class; staff users and `admin` API keys see the text.
+provider whose circuit breaker is open or half-open, is `degraded` (200). Error texts can name
+hosts, so anonymous callers see only an error's class; staff users and `admin` API keys see
+the text.
 """
 
 import time
@@ -20,10 +21,10 @@ from rest_framework.authentication import get_authorization_header
 
 from mailqueue import conf
 from mailqueue.errors import MailqueueError
-from mailqueue.liveness import live_worker_count
+from mailqueue.liveness import live_smtpd_count, live_worker_count
 from mailqueue.models import ApiKey
-from mailqueue.providers import provider_class
-from mailqueue.providers.cooldown import provider_cooldowns
+from mailqueue.providers import CircuitState, provider_class, providers_circuits
+from mailqueue.providers.breaker import CLOSED
 from mailqueue.scheduling import connection as redis_connection
 from mailqueue.services import api_key_authenticate
 
@@ -56,14 +57,20 @@ def _check_database() -> Exception | None:
     return None
 
 
-def _check_redis() -> tuple[Exception | None, int | None, dict[str, float]]:
-    """Redis's error (or None), the live workers and the providers' cooldowns it holds."""
+def _check_redis() -> tuple[Exception | None, int | None, dict[str, CircuitState], int | None]:
+    """Redis's error (or None), the live workers, the providers' circuits it holds and the live
+    SMTP submission servers."""
     try:
         redis = redis_connection()
         redis.ping()
-        return None, live_worker_count(redis), provider_cooldowns(names=conf.providers())
+        return (
+            None,
+            live_worker_count(redis),
+            providers_circuits(names=conf.providers()),
+            live_smtpd_count(redis),
+        )
     except (RedisError, OSError) as exc:
-        return exc, None, {}
+        return exc, None, {}, None
 
 
 def _provider_configured(name: str) -> bool:
@@ -75,16 +82,26 @@ def _provider_configured(name: str) -> bool:
     return True
 
 
-def _providers(cooldowns: dict[str, float]) -> dict[str, dict]:
-    """Each configured provider's state: healthy, cooling_down (with seconds left), unconfigured."""
+def _providers(circuits: dict[str, CircuitState]) -> dict[str, dict]:
+    """Each configured provider's state (healthy, unconfigured, circuit_open or
+    circuit_half_open) and its circuit breaker (left out while Redis cannot be read)."""
     states = {}
     for name in conf.providers():
+        circuit = circuits.get(name)
         if not _provider_configured(name):
-            states[name] = {"state": "unconfigured"}
-        elif name in cooldowns:
-            states[name] = {"state": "cooling_down", "seconds_left": round(cooldowns[name], 1)}
+            state = "unconfigured"
+        elif circuit is not None and circuit.state != CLOSED:
+            state = f"circuit_{circuit.state}"
         else:
-            states[name] = {"state": "healthy"}
+            state = "healthy"
+        states[name] = {"state": state}
+        if circuit is not None:
+            states[name]["circuit"] = {
+                "state": circuit.state,
+                "seconds_left": round(circuit.seconds_left, 1),
+                "recent_failures": circuit.recent_failures,
+                "probing": circuit.probing,
+            }
     return states
 
 
@@ -117,8 +134,8 @@ def _trusted(request: HttpRequest) -> bool:
 def health(request: HttpRequest) -> JsonResponse:
     """The service's state: 200 when healthy or degraded, 503 when PostgreSQL is unreachable."""
     database_error = _check_database()
-    redis_error, workers, cooldowns = _check_redis()
-    providers = _providers(cooldowns)
+    redis_error, workers, circuits, smtpd_servers = _check_redis()
+    providers = _providers(circuits)
     if database_error is not None:
         status = UNHEALTHY
     elif (
@@ -146,6 +163,8 @@ def health(request: HttpRequest) -> JsonResponse:
                 else "ok",
                 "redis": _error_text(redis_error, detailed=detailed) if redis_error else "ok",
                 "workers": workers,
+                # SMTP submission servers (`manage.py smtpd`): optional, so not part of status.
+                "smtpd": smtpd_servers,
             },
         },
         status=503 if status == UNHEALTHY else 200,

@@ -1,9 +1,9 @@
 """Which worker, scheduler and event consumer processes are alive, from their heartbeat keys.
 
 Read by `GET /health/`, the admin dashboard and `manage.py mailqueue_healthcheck`; written by
-RQ itself (workers), by `scheduler.MailqueueScheduler` and by the `consume_events` process
-(`event_sends.consumer.EventConsumer`). Every probe takes the Redis
-connection it asks, so this module depends on nothing else of Mailqueue's.
+RQ itself (workers), by `scheduler.MailqueueScheduler`, by the `consume_events` process
+(`event_sends.consumer.EventConsumer`) and by `smtpd` (`mailqueue.smtpd.server`). Every probe
+takes the Redis connection it asks, so this module depends on nothing else of Mailqueue's.
 """
 
 from redis import Redis
@@ -18,6 +18,9 @@ SCHEDULERS_KEY = "mailqueue:schedulers"
 # (a read waits a few seconds at most), registered in the set CONSUMERS_KEY.
 CONSUMER_KEY_TTL_SECONDS = 30
 CONSUMERS_KEY = "mailqueue:event-consumers"
+# The same for `smtpd` processes (renewed every third of the TTL).
+SMTPD_KEY_TTL_SECONDS = 30
+SMTPD_SERVERS_KEY = "mailqueue:smtpd-servers"
 
 
 def live_workers_on_host(redis: Redis, hostname: str) -> int:
@@ -34,6 +37,11 @@ def live_scheduler_count(redis: Redis, *, hostname: str | None = None) -> int:
 def live_consumer_count(redis: Redis, *, hostname: str | None = None) -> int:
     """Running `consume_events` processes (on one host, if given): their heartbeat key exists."""
     return _live_count(redis, CONSUMERS_KEY, hostname)
+
+
+def live_smtpd_count(redis: Redis, *, hostname: str | None = None) -> int:
+    """Running `smtpd` processes (on one host, if given): their heartbeat key exists."""
+    return _live_count(redis, SMTPD_SERVERS_KEY, hostname)
 
 
 def _live_count(redis: Redis, registry: str, hostname: str | None) -> int:

@@ -1,5 +1,6 @@
 """Request ids and the per-request log line; the request body size limit answered with 413
-(Django alone would answer 400)."""
+(Django alone would answer 400); the Content-Security-Policy and the token pages' Referrer-Policy
+(Django's SecurityMiddleware adds the other security headers)."""
 
 import time
 from collections.abc import Callable
@@ -58,3 +59,49 @@ class RequestBodyLimitMiddleware:
                 status=413,
             )
         return self.get_response(request)
+
+
+# Every HTML page: scripts only from our own static files (the admin has no inline script);
+# inline styles are allowed because the admin and the public pages use them. Images may come
+# from any https: URL so that an email's preview (a sandboxed srcdoc iframe, which inherits this
+# policy) shows its remote images; it runs no script either way (sandbox="").
+HTML_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: https:; font-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+# django-rq's pages and the Swagger UI come with inline scripts; still nothing from elsewhere.
+INLINE_SCRIPT_POLICY = HTML_POLICY.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'")
+INLINE_SCRIPT_PREFIXES = ("/django-rq/", "/api/docs/")
+# Anything else (JSON, the tracking pixel, redirects, static files) loads nothing and is
+# framed by nobody.
+OTHER_POLICY = "default-src 'none'; frame-ancestors 'none'"
+# Public pages whose URL carries a token: no Referer may send it anywhere, even to us.
+TOKEN_PREFIXES = ("/u/", "/topics/confirm/", "/t/")
+
+
+class ContentSecurityPolicyMiddleware:
+    """Add a Content-Security-Policy to every response that has none, and Referrer-Policy:
+    no-referrer to the public token pages (placed after SecurityMiddleware, whose defaults give
+    way to these)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Answer, then add the headers this path and content type call for."""
+        response = self.get_response(request)
+        if "Content-Security-Policy" not in response:
+            response["Content-Security-Policy"] = self.policy(request, response)
+        if request.path.startswith(TOKEN_PREFIXES):
+            response["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @staticmethod
+    def policy(request: HttpRequest, response: HttpResponse) -> str:
+        """The policy for this answer: by content type, then by path."""
+        if not response.get("Content-Type", "").startswith("text/html"):
+            return OTHER_POLICY
+        if request.path.startswith(INLINE_SCRIPT_PREFIXES):
+            return INLINE_SCRIPT_POLICY
+        return HTML_POLICY

@@ -3,6 +3,7 @@ idempotency records, captured messages. Writes go through `mailqueue.services`, 
 `mailqueue.selectors`."""
 
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -99,6 +100,14 @@ class ApiKey(models.Model):
     all_clients = models.BooleanField(
         default=False,
         help_text="Operators only: email-level endpoints see every client's emails.",
+    )
+    # Test keys: their emails go the whole way through the pipeline to the `simulator` provider
+    # (the capture inbox), never to a real one (like Postmark's test token).
+    is_test = models.BooleanField(
+        "test key",
+        default=False,
+        help_text="Emails sent with this key are captured, never delivered; simulator addresses "
+        "(bounce@simulator.mailqueue, ...) produce their events.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -309,6 +318,8 @@ class EmailAttachment(models.Model):
     filename = models.CharField(max_length=255)
     mimetype = models.CharField(max_length=255)
     content = models.BinaryField()
+    # Set for an inline part (an image the HTML shows as `cid:<content_id>`); blank otherwise.
+    content_id = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         db_table = "email_attachments"
@@ -486,3 +497,46 @@ class QueuePause(models.Model):
 
     def __str__(self) -> str:
         return f"{self.priority} paused"
+
+
+def sender_domain_token() -> str:
+    """A new random verification token (the value of a sender domain's TXT record)."""
+    return secrets.token_hex(16)
+
+
+class SenderDomain(models.Model):
+    """A domain a client may send from (its from_email and reply_to addresses), once verified.
+
+    Several clients may claim the same domain; each verifies it for itself, by publishing its
+    own token in DNS (see services.sender_domains) or through an operator.
+    """
+
+    class VerifiedBy(models.TextChoices):
+        DNS = "dns", "DNS TXT record"
+        OPERATOR = "operator", "operator"
+
+    # No index of its own: the unique (client, domain) constraint starts with it.
+    client = models.ForeignKey(
+        Client, on_delete=models.CASCADE, related_name="sender_domains", db_index=False
+    )
+    # Lowercase ASCII (internationalized names as IDNA punycode), no trailing dot.
+    domain = models.CharField(max_length=253)
+    verification_token = models.CharField(
+        max_length=64, default=sender_domain_token, editable=False
+    )
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verified_by = models.CharField(
+        max_length=10, choices=VerifiedBy.choices, blank=True, default=""
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "sender_domains"
+        ordering = ["domain", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["client", "domain"], name="sender_domain_client_domain")
+        ]
+        indexes = [models.Index(fields=["domain"], name="sender_domain_domain")]
+
+    def __str__(self) -> str:
+        return self.domain

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
 from django_rq.queues import DjangoScheduler
 from redis.exceptions import RedisError
@@ -197,6 +197,9 @@ class MailqueueScheduler(DjangoScheduler):
             schedules_tick(now=timezone.now())
         except RedisError:
             raise
+        except (OperationalError, InterfaceError) as exc:
+            # PostgreSQL down or restarting: expected, and said once per pass without a traceback.
+            logger.warning("recurring sends: database unavailable, will try again: %s", exc)
         except Exception:
             logger.exception("recurring sends failed; will try again")
 
@@ -206,6 +209,9 @@ class MailqueueScheduler(DjangoScheduler):
             result = emails_sweep()
         except RedisError:
             raise
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning("sweeper: database unavailable, will try again: %s", exc)
+            return
         except Exception:
             logger.exception("sweeper failed; will try again")
             return

@@ -34,6 +34,7 @@ from rq.job import Job
 
 from mailqueue.liveness import live_worker_count
 from mailqueue.models import Priority
+from mailqueue.redis_config import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -81,20 +82,22 @@ _clients: dict[tuple[str, float, float], Redis] = {}
 
 
 def connection(*, timeout: float | None = None, connect_timeout: float | None = None) -> Redis:
-    """The Redis the queues live in, with short timeouts (one client per URL, timeouts and
-    process). `timeout` is a command's (COMMAND_TIMEOUT_SECONDS unless given); the
-    connection's is the same unless given."""
-    url = settings.RQ_QUEUES["default"]["URL"]
+    """The Redis the queues live in, with short timeouts (one client per configuration,
+    timeouts and process). `timeout` is a command's (COMMAND_TIMEOUT_SECONDS unless given); the
+    connection's is the same unless given.
+
+    Built from RQ_QUEUES like the workers' own connection (mailqueue/redis_config.py), so
+    REDIS_URL's password and TLS options and Sentinel apply to every caller alike.
+    """
+    config = settings.RQ_QUEUES["default"]
     timeout = COMMAND_TIMEOUT_SECONDS if timeout is None else timeout
     connect_timeout = timeout if connect_timeout is None else connect_timeout
-    key = (url, timeout, connect_timeout)
+    # repr covers every option (a test's override_settings gets a client of its own).
+    key = (repr(sorted(config.items())), timeout, connect_timeout)
     client = _clients.get(key)
     if client is None:
-        client = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=connect_timeout,
-            health_check_interval=30,
+        client = redis_client(
+            config, socket_timeout=timeout, socket_connect_timeout=connect_timeout
         )
         _clients[key] = client
     return client

@@ -8,12 +8,19 @@ interrupted, what is known is written, and the process exits without waiting for
 under way; their emails stay `sending` until the sweeper takes them back after their lease.
 """
 
+import contextlib
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from types import FrameType
 
 from django.db import close_old_connections, connection
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker
@@ -23,6 +30,32 @@ from mailqueue.providers import close_all
 from mailqueue.services.delivery import deliveries_stop, send_pool_shutdown
 
 logger = logging.getLogger(__name__)
+
+# A worker that starts while Redis is down waits for it, trying again this often (doubling).
+BOOTSTRAP_RETRY_SECONDS = 0.5
+BOOTSTRAP_RETRY_MAX_SECONDS = 5.0
+
+
+def _until_redis_answers(
+    action: Callable[[], object], *, before_retry: Callable[[], None] | None = None
+) -> None:
+    """Run a start-up step of the worker, waiting for Redis while it refuses connections.
+
+    RQ lets a connection error at start-up out, and `rqworker` then exits with status 1: a
+    worker (re)started during a Redis restart would exit at once, and its supervisor would
+    restart it in a loop until Redis is back. Once started, RQ's loop rides out outages itself.
+    """
+    delay = BOOTSTRAP_RETRY_SECONDS
+    while True:
+        try:
+            return action()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            logger.warning("worker: Redis down at start, retry in %.1f s: %s", delay, exc)
+            time.sleep(delay)
+            delay = min(2 * delay, BOOTSTRAP_RETRY_MAX_SECONDS)
+            if before_retry is not None:
+                with contextlib.suppress(RedisError):
+                    before_retry()
 
 
 class MailqueueWorker(SimpleWorker):
@@ -52,6 +85,23 @@ class MailqueueWorker(SimpleWorker):
             self.queues.insert(names.index(HIGH) + 1, webhooks)
             self._ordered_queues = self.queues[:]
         self._cold_shutdown = False
+
+    def _set_ip_address(self, connection: Redis) -> None:
+        """RQ's first Redis call (in __init__), waiting for Redis when it is unreachable."""
+        _until_redis_answers(lambda: super(MailqueueWorker, self)._set_ip_address(connection))
+
+    def bootstrap(self, *args, **kwargs) -> None:
+        """RQ's start-up (registration, pubsub), waiting for Redis when it is unreachable."""
+
+        def start_afresh() -> None:
+            # A start that got part of the way starts again from scratch: RQ refuses to
+            # register a name whose key exists, and would start a second pubsub thread.
+            if self.pubsub_thread:
+                self.unsubscribe()
+            self.connection.delete(self.key)
+
+        _until_redis_answers(lambda: super(MailqueueWorker, self).bootstrap(*args, **kwargs),
+                             before_retry=start_afresh)  # fmt: skip
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Drop a dead or stale database connection before each job, as Django does per request."""

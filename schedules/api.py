@@ -11,6 +11,7 @@ from mailqueue.api.pagination import CreatedCursorPagination
 from mailqueue.api.schema import field_errors_response
 from mailqueue.api.serializers import StrictSerializer
 from mailqueue.api.views import ScopedApiView
+from mailqueue.authentication import test_key_refuse
 from mailqueue.models import Priority
 from schedules.models import MissedPolicy, Schedule, ScheduleRun
 from schedules.selectors import (
@@ -182,6 +183,7 @@ class SchedulesApi(ScopedApiView):
     )
     def post(self, request: Request) -> Response:
         """Add a schedule; 400 naming the field for a bad cron, time zone, audience or content."""
+        test_key_refuse(request.auth, what="create schedules")
         serializer = ScheduleInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         schedule = schedule_create(client=request.auth.client, **serializer.validated_data)
@@ -251,6 +253,7 @@ class ScheduleRunApi(ScopedApiView):
     def post(self, request: Request, schedule_id: str) -> Response:
         """One run now, whatever the cron; 202 with the run's id (its batch's id) and a
         Location of the batch."""
+        test_key_refuse(request.auth, what="run schedules")
         schedule = schedule_get(client=request.auth.client, schedule_id=schedule_id)
         run = schedule_run_now(schedule=schedule)
         response = Response(RunOutputSerializer(run).data, status=status.HTTP_202_ACCEPTED)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and Redis answer on 127.0.0.1: start them, or install them with apt-get.
-# Usage: scripts/ensure_services.sh [postgres] [redis]   (default: both)
+# Usage: scripts/ensure_services.sh [postgres] [redis] [pgbouncer]   (default: postgres redis)
+# `postgres` also installs PgBouncer's binary: the tests start their own on a free port.
 set -euo pipefail
 
 want=("$@")
@@ -49,10 +50,22 @@ ensure_postgres() {
   return 1
 }
 
+# Only the binary: tests/test_pgbouncer.py starts its own pgbouncer on a free port with a generated
+# ini. A system pgbouncer on the fixed port 6432 would be one more shared server nobody uses, so
+# the one Debian's package may start is stopped and kept from starting at boot.
+ensure_pgbouncer() {
+  if [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null; then return 0; fi
+  echo "pgbouncer not found: installing Debian's pgbouncer package with apt-get" >&2
+  apt_install pgbouncer
+  as_root systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+  as_root /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+}
+
 for service in "${want[@]}"; do
   case "$service" in
     redis) ensure_redis ;;
-    postgres) ensure_postgres ;;
+    postgres) ensure_postgres; ensure_pgbouncer ;;
+    pgbouncer) ensure_pgbouncer ;;
     *) echo "unknown service: $service" >&2; exit 2 ;;
   esac
 done

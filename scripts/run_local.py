@@ -1,5 +1,5 @@
-"""`make run`: migrate, load templates, then run web + worker + scheduler + event consumer until
-Ctrl-C.
+"""`make run`: migrate, load templates, then run web + worker + scheduler + event consumer + SMTP
+submission server until Ctrl-C.
 
 Prints the URLs, an admin login and a ready API key. State that must survive restarts (the admin
 password, the API key) is kept in .run/, which git ignores.
@@ -19,6 +19,9 @@ RUN_DIR = ROOT / ".run"
 PYTHON = sys.executable
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "8000")
+SMTPD_PORT = os.environ.get("MAILQUEUE_SMTPD_PORT", "2525")
+# Local use: the submission server listens on 127.0.0.1 and takes AUTH without TLS.
+os.environ.setdefault("MAILQUEUE_SMTPD_ALLOW_PLAIN_AUTH", "1")
 
 
 def manage(*args: str, capture: bool = False) -> str:
@@ -102,6 +105,8 @@ def main() -> int:
         "scheduler": [PYTHON, "manage.py", "rqscheduler"],
         # Events XADDed to mailqueue:events (client `local`, rules of fixtures/event_rules.json).
         "consumer": [PYTHON, "manage.py", "consume_events"],
+        # SMTP submission on 127.0.0.1 only, where AUTH without TLS is acceptable.
+        "smtpd": [PYTHON, "manage.py", "smtpd", "--host", "127.0.0.1", "--port", SMTPD_PORT],
     }
     processes = {
         name: subprocess.Popen(
@@ -135,6 +140,7 @@ def main() -> int:
     Capture inbox  {base}/admin/mailqueue/capturedmessage/
     Queues         {base}/django-rq/
     Health         {base}/health/
+    SMTP           {HOST}:{SMTPD_PORT}       (AUTH: any user name, the API key as password)
     API key        {key}
 
   Try it:
@@ -145,7 +151,11 @@ def main() -> int:
   Or publish an event (the consumer turns it into the same email):
     redis-cli XADD mailqueue:events '*' event '{{"id": "1", "type": "user.registered", "client": "local", "data": {{"email": "ada@example.com", "name": "Ada", "company_name": "Acme", "login_url": "https://example.com/login"}}}}'
 
-  Ctrl-C stops web, worker, scheduler and consumer.
+  Or send over SMTP (the API key is the password):
+    swaks --server {HOST}:{SMTPD_PORT} --auth PLAIN --auth-user local --auth-password {key} \\
+      --from noreply@localhost --to ada@example.com --header "Subject: Hello over SMTP"
+
+  Ctrl-C stops web, worker, scheduler, consumer and the SMTP server.
 """,
         flush=True,
     )

@@ -7,6 +7,7 @@ from mailqueue.providers import close_all
 from mailqueue.scheduling import connection as redis_connection
 from mailqueue.services import api_key_create
 from templates_app.services import template_create
+from tests import hypothesis_profiles  # noqa: F401  (registers and loads the profile)
 from tests.smtp_sink import SmtpSink
 
 

@@ -2,7 +2,8 @@
 
 import django_rq
 
-from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus, Priority
+from mailqueue.models import Client, DeliveryAttempt, EmailJob, EmailStatus, Priority
+from mailqueue.services.sender_domains import sender_domain_register_verified
 from mailqueue.worker import MailqueueWorker
 
 # RQ_QUEUES for a Redis that is down: every queue points at a port nothing listens on.
@@ -29,3 +30,10 @@ def assert_deferred(email: EmailJob) -> None:
     assert email.status == EmailStatus.RETRYING
     assert email.next_attempt_at is not None
     assert email.delivery_attempts.get().outcome == DeliveryAttempt.Outcome.TRANSIENT
+
+
+def sender_domains_verify(client: Client, *domains: str) -> None:
+    """Let a client send from these domains (verified by an operator), as a real install does
+    before it sends from its own domains."""
+    for domain in domains:
+        sender_domain_register_verified(client=client, domain=domain)

@@ -1,7 +1,11 @@
 """docker-compose.yml and deploy/k8s/: with no Docker or cluster here, parse them and check that
 their commands, ports and probe paths are ones this code base really answers."""
 
+import os
 import re
+import secrets
+import subprocess
+import sys
 from io import StringIO
 from pathlib import Path
 
@@ -188,3 +192,55 @@ def test_k8s_consumer_runs_consume_events_with_its_probe_and_resources():
     assert "healthy: 1 live consumer" in out.getvalue()
     with pytest.raises(SystemExit):
         call_command(*command[2:], stdout=StringIO(), stderr=StringIO())
+
+
+def _deploy_check(**variables: str) -> subprocess.CompletedProcess:
+    """`manage.py check --deploy` in a fresh process with only these variables set (besides
+    PATH), the way a production container starts."""
+    env = {"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "config.settings", **variables}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# The variables a production deployment sets (README: "Production settings").
+PRODUCTION_ENV = {
+    "DEBUG": "0",
+    "SECRET_KEY": secrets.token_urlsafe(50),
+    "ALLOWED_HOSTS": "mail.example.com,localhost",
+    "CSRF_TRUSTED_ORIGINS": "https://mail.example.com",
+    "SECURE_SSL_REDIRECT": "1",
+    "DATABASE_URL": "postgres://mailqueue@db.internal:5432/mailqueue",
+    "REDIS_URL": "redis://redis.internal:6379/0",
+    "EMAIL_PROVIDERS": "smtp",
+    "EMAIL_URL": "smtp+tls://mailer:secret@smtp.example.com:587",
+    "MAILQUEUE_PUBLIC_URL": "https://mail.example.com",
+}
+
+
+def test_check_deploy_is_clean_with_the_production_settings():
+    """With the documented production variables, `check --deploy` reports nothing at all."""
+    result = _deploy_check(**PRODUCTION_ENV)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout, result.stdout + result.stderr
+    assert "WARNINGS" not in result.stderr + result.stdout
+
+
+def test_check_deploy_names_what_a_weaker_setup_misses():
+    """The same check fails, naming the setting, without the redirect, with a short secret key
+    or with HSTS off: the clean run above is not a check that never warns."""
+    weaker = {
+        "security.W008": {"SECURE_SSL_REDIRECT": "0"},
+        "security.W009": {"SECRET_KEY": "short"},
+        "security.W004": {"SECURE_HSTS_SECONDS": "0"},
+    }
+    for warning, change in weaker.items():
+        result = _deploy_check(**{**PRODUCTION_ENV, **change})
+        assert result.returncode != 0, warning
+        assert warning in result.stderr, result.stderr

@@ -83,6 +83,7 @@ def test_dashboard_covers_the_operators_questions():
         "workers",
         "email_provider_errors_total",
         "email_webhook_events_total",
+        "email_provider_circuit_state",
     ):
         assert needed in text
     names = {
@@ -91,3 +92,4 @@ def test_dashboard_covers_the_operators_questions():
         for rule in group["rules"]
     }
     assert {"MailqueueOldestEmailTooOld", "MailqueueFailureRateHigh", "MailqueueNoWorkers"} <= names
+    assert "MailqueueProviderCircuitOpen" in names

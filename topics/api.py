@@ -2,7 +2,7 @@
 read) and their subscribers (scope `send` to write, `read` to read)."""
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -64,10 +64,17 @@ class TopicInputSerializer(StrictSerializer):
     timezone = serializers.CharField(max_length=64, required=False, default="UTC")
 
 
+@extend_schema_field(
+    {"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d$", "example": "09:00"}
+)
+class SendTimeOutputField(serializers.TimeField):
+    """A time of day as HH:MM (OpenAPI's `time` format would promise seconds and an offset)."""
+
+
 class TopicOutputSerializer(serializers.ModelSerializer):
     """A topic."""
 
-    send_time = serializers.TimeField(format=TIME_FORMAT)
+    send_time = SendTimeOutputField(format=TIME_FORMAT)
 
     class Meta:
         model = Topic
@@ -243,7 +250,9 @@ class SubscribersApi(ScopedApiView):
         topic = topic_get(client=request.auth.client, slug=slug)
         serializer = SubscribeInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        subscription = subscriber_subscribe(topic=topic, **serializer.validated_data)
+        subscription = subscriber_subscribe(
+            topic=topic, api_key=request.auth, **serializer.validated_data
+        )
         return Response(
             SubscriberOutputSerializer(subscription.subscriber).data,
             status=status.HTTP_201_CREATED if subscription.created else status.HTTP_200_OK,

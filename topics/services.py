@@ -182,6 +182,7 @@ def subscriber_subscribe(
     context: dict | None = None,
     frequency: str | None = None,
     resubscribe: bool = False,
+    api_key: ApiKey | None = None,
 ) -> Subscription:
     """Subscribe an address to a topic: a new subscriber is active, or pending with a
     confirmation email sent when the topic asks for double opt-in; an existing one is returned
@@ -191,13 +192,14 @@ def subscriber_subscribe(
 
     An address that unsubscribed is refused (409) unless `resubscribe`, which makes it active
     again and removes the topic's unsubscribe suppression; an address under a hard-bounce or
-    complaint suppression is always refused (409 naming the reason).
+    complaint suppression is always refused (409 naming the reason). The confirmation email of a
+    subscription made with a test key (`api_key`) goes to the simulator, as its other emails do.
     """
     email = _checked_email(email)
     _check_deliverable(email)
     subscriber = Subscriber.objects.select_for_update().filter(topic=topic, email=email).first()
     if subscriber is None:
-        subscriber = _subscriber_create(topic, email, context, frequency, resubscribe)
+        subscriber = _subscriber_create(topic, email, context, frequency, resubscribe, api_key)
         if subscriber is not None:
             return Subscription(subscriber=subscriber, created=True)
         # A concurrent request created it first: carry on as a repeat of that one.
@@ -215,7 +217,7 @@ def subscriber_subscribe(
     if subscriber.status == SubscriberStatus.PENDING and _confirmation_resend_due(subscriber):
         # The row is locked (select_for_update): two repeats cannot both send.
         subscriber.topic = topic
-        subscriber_confirmation_send(subscriber=subscriber)
+        subscriber_confirmation_send(subscriber=subscriber, api_key=api_key)
         changes["confirmation_sent_at"] = timezone.now()
     if changes:
         Subscriber.objects.filter(pk=subscriber.pk).update(**changes, updated_at=timezone.now())
@@ -233,7 +235,12 @@ def _confirmation_resend_due(subscriber: Subscriber) -> bool:
 
 
 def _subscriber_create(
-    topic: Topic, email: str, context: dict | None, frequency: str | None, resubscribe: bool
+    topic: Topic,
+    email: str,
+    context: dict | None,
+    frequency: str | None,
+    resubscribe: bool,
+    api_key: ApiKey | None,
 ) -> Subscriber | None:
     """A new subscriber row (and its confirmation email), or None if another request made it."""
     # An address can have left the topic before it had a row here (a one-click link in an email
@@ -259,17 +266,20 @@ def _subscriber_create(
     except IntegrityError:
         return None
     if pending:
-        subscriber_confirmation_send(subscriber=subscriber)
+        subscriber_confirmation_send(subscriber=subscriber, api_key=api_key)
     return subscriber
 
 
-def subscriber_confirmation_send(*, subscriber: Subscriber) -> EmailJob:
+def subscriber_confirmation_send(
+    *, subscriber: Subscriber, api_key: ApiKey | None = None
+) -> EmailJob:
     """Email a pending subscriber the link that confirms their subscription (high priority,
     transactional: it is the answer to their own request)."""
     topic = subscriber.topic
     context = {"topic": topic, "confirm_url": confirm_url(subscriber)}
     return email_create(
         client=topic.client,
+        api_key=api_key,
         to=[subscriber.email],
         # Folded to one line: a topic's name could hold a line break, a subject cannot.
         subject=" ".join(f"Confirm your subscription to {topic.name}".split()),

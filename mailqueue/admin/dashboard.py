@@ -1,8 +1,10 @@
-"""The operator dashboard on the admin home: queues, workers, recent sends and an hourly chart.
+"""The operator dashboard on the admin home: queues, workers, the providers' circuit breakers,
+recent sends and an hourly chart.
 
-The numbers come from `mailqueue.selectors.dashboard`; this module only turns them into links and
-an inline SVG chart (drawn on the server: no JavaScript, nothing loaded from elsewhere). The admin
-site (`mailqueue.admin_site`) puts it on its home page.
+The numbers come from `mailqueue.selectors.dashboard` and the circuits from the providers'
+breakers (one Redis read); this module only turns them into links and an inline SVG chart (drawn
+on the server: no JavaScript, nothing loaded from elsewhere). The admin site
+(`mailqueue.admin_site`) puts it on its home page.
 """
 
 import math
@@ -14,9 +16,12 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django_rq.settings import get_queues_map
+from redis.exceptions import RedisError
 
+from mailqueue import conf
 from mailqueue.admin.helpers import email_changelist_url
 from mailqueue.models import EmailStatus
+from mailqueue.providers import CircuitState, providers_circuits
 from mailqueue.selectors.dashboard import DashboardStats, HourBucket
 from tracking.models import EventType
 
@@ -168,6 +173,15 @@ def _events_url(event_type: str, *, since: str) -> str:
     return f"{url}?{urlencode({'event_type__exact': event_type, 'occurred_at__gte': since})}"
 
 
+def provider_circuits() -> list[tuple[str, CircuitState]] | None:
+    """Each configured provider's circuit breaker, in EMAIL_PROVIDERS order (None: Redis
+    cannot be read)."""
+    try:
+        return list(providers_circuits(names=conf.providers()).items())
+    except (RedisError, OSError):
+        return None
+
+
 def dashboard_context(stats: DashboardStats, *, can_control_queues: bool = False) -> dict[str, Any]:
     """The stats plus the links, chart and (for operators) Pause/Resume buttons the admin home
     shows."""
@@ -198,4 +212,5 @@ def dashboard_context(stats: DashboardStats, *, can_control_queues: bool = False
         "dead_letters_url": reverse("admin:mailqueue_emailjob_dead_letters"),
         "chart": hourly_chart(stats.hourly),
         "can_control_queues": can_control_queues,
+        "circuits": provider_circuits(),
     }

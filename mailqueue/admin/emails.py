@@ -54,7 +54,7 @@ from mailqueue.services.redaction import content_redact, context_redact, email_s
 from mailqueue.services.retention import recipient_data_erase
 from mailqueue.validation import address_spec
 from templates_app.models import EmailTemplate
-from tracking.models import TrackingEvent
+from tracking.models import EventType, TrackingEvent
 
 # Columns never shown on the email list; a page of 100 emails would otherwise load 100 bodies.
 EMAIL_LIST_DEFERRED = (
@@ -224,6 +224,7 @@ class EmailJobAdmin(
                     "client_link",
                     "api_key_link",
                     "provider",
+                    "route_display",
                     "message_id",
                     "rq_job_display",
                 )
@@ -378,6 +379,28 @@ class EmailJobAdmin(
     def attempts_display(self, obj: EmailJob) -> str:
         """Attempts made out of the maximum."""
         return f"{obj.attempts} of {obj.max_attempts}"
+
+    @admin.display(description="route")
+    def route_display(self, obj: EmailJob) -> SafeString | str:
+        """The providers each attempt went through, in order, and any failover (providers that
+        failed, or were skipped because their circuit breaker was open)."""
+        attempts: dict[int, list[tuple[str, str]]] = {}
+        for number, provider, outcome in obj.delivery_attempts.order_by(
+            "started_at", "id"
+        ).values_list("number", "provider", "outcome"):
+            attempts.setdefault(number, []).append((provider or "no provider", outcome))
+        if not attempts:
+            return "-"
+        sent = obj.events.filter(event_type=EventType.SENT).values_list("description", flat=True)
+        failover = next((text for text in sent if text), "")
+        lines = [
+            (number, " → ".join(f"{provider} ({outcome})" for provider, outcome in tries))
+            for number, tries in attempts.items()
+        ]
+        route = format_html_join("", "<div>attempt {}: {}</div>", lines)
+        if failover:
+            route += format_html("<div><strong>{}</strong></div>", failover)
+        return route
 
     @admin.display(description="recipients")
     def recipients_display(self, obj: EmailJob) -> SafeString:

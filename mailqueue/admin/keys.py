@@ -75,7 +75,7 @@ class ApiKeyCreateForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ("client", "name", "scopes", "all_clients")
+        fields = ("client", "name", "scopes", "all_clients", "is_test")
 
 
 class ApiKeyChangeForm(forms.ModelForm):
@@ -99,11 +99,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "scopes_display",
         "is_active",
         "all_clients",
+        "is_test",
         "last_used_at",
         "created_at",
     )
     list_select_related = ("client",)
-    list_filter = ("is_active", "all_clients", "client")
+    list_filter = ("is_active", "all_clients", "is_test", "client")
     search_fields = ("name", "prefix", "client__name")
     actions = ("revoke_selected",)
 
@@ -117,7 +118,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         """The key hash is never shown; the prefix identifies the key."""
         if obj is None:
-            return ["client", "name", "scopes", "all_clients"]
+            return ["client", "name", "scopes", "all_clients", "is_test"]
         return [
             "key_display",
             "client",
@@ -125,15 +126,17 @@ class ApiKeyAdmin(admin.ModelAdmin):
             "scopes",
             "is_active",
             "all_clients",
+            "is_test",
             "last_used_at",
             "created_at",
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
-        """Identity and usage are read-only; a key cannot move to another client."""
+        """Identity and usage are read-only; a key cannot move to another client, nor become a
+        test key or stop being one (create another key instead)."""
         if obj is None:
             return []
-        return ["key_display", "client", "last_used_at", "created_at"]
+        return ["key_display", "client", "is_test", "last_used_at", "created_at"]
 
     def save_model(
         self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool
@@ -152,6 +155,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             scopes=form.cleaned_data["scopes"],
             name=form.cleaned_data["name"],
             all_clients=form.cleaned_data["all_clients"],
+            is_test=form.cleaned_data["is_test"],
         )
         copy_saved_instance(target=obj, saved=issued.api_key)
         messages.success(

@@ -7,7 +7,12 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mailqueue.errors import ValidationFailed
-from mailqueue.validation import has_forbidden_chars, normalize_address, normalize_address_list
+from mailqueue.validation import (
+    FORBIDDEN_DESCRIPTION,
+    has_forbidden_chars,
+    normalize_address,
+    normalize_address_list,
+)
 
 # What a schema can say about an address; the full check (Django's validate_email) is a 400.
 ADDRESS_SCHEMA = {
@@ -59,7 +64,8 @@ class AddressListField(serializers.Field):
 
 
 class SingleLineCharField(serializers.CharField):
-    """A string that goes into a header: CR, LF and NUL are refused."""
+    """A string that goes into a header: CR, LF, NUL, other control characters but tab, and
+    the Unicode line separators are refused."""
 
     def to_internal_value(self, data: object) -> str:
         """Refuse non-strings (DRF would turn 0 into "0") and header injection."""
@@ -67,7 +73,7 @@ class SingleLineCharField(serializers.CharField):
             raise serializers.ValidationError("Must be a string.")
         value = super().to_internal_value(data)
         if has_forbidden_chars(value):
-            raise serializers.ValidationError("May not contain CR, LF or NUL characters.")
+            raise serializers.ValidationError(f"May not contain {FORBIDDEN_DESCRIPTION}.")
         return value
 
 

@@ -2,23 +2,17 @@
 
 from collections.abc import Callable
 
-from django.db import transaction
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from mailqueue.models import ApiKey
-from mailqueue.services import (
-    idempotency_begin,
-    idempotency_complete,
-    idempotency_release,
-    request_fingerprint,
-)
+from mailqueue.services import StoredResponse, idempotency_run, request_fingerprint
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def idempotent_create(request: Request, create: Callable[[], tuple[int, dict, str]]) -> Response:
-    """Run `create` (atomic itself; returns status, body, location) once per client and key."""
+    """Run `create` (returns status, body, location) once per client and key."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         # No record to keep in step with the work: the create service's own transaction is
@@ -26,20 +20,18 @@ def idempotent_create(request: Request, create: Callable[[], tuple[int, dict, st
         status, body, location = create()
         return _response(status, body, location)
     api_key: ApiKey = request.auth
+
+    def work() -> StoredResponse:
+        return StoredResponse(*create())
+
     fingerprint = request_fingerprint(method=request.method, path=request.path, body=request.data)
-    record, stored = idempotency_begin(client=api_key.client, key=key, fingerprint=fingerprint)
-    if stored is not None:
-        response = _response(stored.status, stored.body, stored.location)
+    answer, replayed = idempotency_run(
+        client=api_key.client, key=key, fingerprint=fingerprint, work=work, test=api_key.is_test
+    )
+    response = _response(answer.status, answer.body, answer.location)
+    if replayed:
         response["Idempotent-Replayed"] = "true"
-        return response
-    try:
-        with transaction.atomic():
-            status, body, location = create()
-            idempotency_complete(record=record, status=status, body=body, location=location)
-    except BaseException:
-        idempotency_release(record=record)
-        raise
-    return _response(status, body, location)
+    return response
 
 
 def _response(status: int, body: dict, location: str) -> Response:

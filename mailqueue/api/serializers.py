@@ -17,7 +17,7 @@ from mailqueue.api.fields import (
 )
 from mailqueue.errors import ValidationFailed
 from mailqueue.models import Batch, DeliveryAttempt, EmailJob, EmailStatus, Priority
-from mailqueue.validation import validate_headers
+from mailqueue.validation import CONTENT_ID_PATTERN, validate_headers
 from tracking.models import EventType, TrackingEvent
 
 
@@ -78,6 +78,16 @@ class AttachmentInputSerializer(StrictSerializer):
     filename = SingleLineCharField(max_length=255)
     content = serializers.CharField(allow_blank=True, trim_whitespace=False)
     mimetype = SingleLineCharField(max_length=255, required=False)
+    # Makes the attachment an inline part the HTML shows with <img src="cid:...">.
+    content_id = serializers.RegexField(
+        CONTENT_ID_PATTERN,
+        max_length=250,
+        required=False,
+        error_messages={
+            "invalid": "Must be a Content-ID such as logo or logo@example.com: letters, digits "
+            "and punctuation around at most one @, no spaces or angle brackets."
+        },
+    )
 
     def validate(self, attrs: dict) -> dict:
         """Decode the content and settle the MIME type."""
@@ -95,6 +105,7 @@ class AttachmentInputSerializer(StrictSerializer):
                     content=attrs["content"],
                     mimetype=mimetype,
                     field="content",
+                    content_id=attrs.get("content_id", ""),
                 )
             }
         except ValidationFailed as exc:

@@ -5,6 +5,7 @@ from django.urls import include, path
 from client_webhooks import api as webhook_views
 from mailqueue.api import failed as failed_views
 from mailqueue.api import queues as queue_views
+from mailqueue.api import sender_domains as sender_domain_views
 from mailqueue.api import suppressions as suppression_views
 from mailqueue.api import views
 from templates_app import api as template_views
@@ -33,6 +34,22 @@ urlpatterns = [
         "suppressions/<str:address>/",
         suppression_views.SuppressionDetailApi.as_view(),
         name="suppression-detail",
+    ),
+    path("sender-domains/", sender_domain_views.SenderDomainsApi.as_view(), name="sender-domains"),
+    path(
+        "sender-domains/operator-verify/",
+        sender_domain_views.SenderDomainOperatorVerifyApi.as_view(),
+        name="sender-domain-operator-verify",
+    ),
+    path(
+        "sender-domains/<int:domain_id>/",
+        sender_domain_views.SenderDomainDetailApi.as_view(),
+        name="sender-domain-detail",
+    ),
+    path(
+        "sender-domains/<int:domain_id>/verify/",
+        sender_domain_views.SenderDomainVerifyApi.as_view(),
+        name="sender-domain-verify",
     ),
     path("failed/", failed_views.FailedEmailsApi.as_view(), name="failed"),
     path("failed/retry/", failed_views.FailedRetryApi.as_view(), name="failed-retry"),

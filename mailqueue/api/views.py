@@ -1,5 +1,6 @@
 """Email and batch API views: validate with an input serializer, call a service, answer."""
 
+from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -199,11 +200,15 @@ class BatchesApi(ScopedApiView):
         api_key = request.auth
 
         def create() -> tuple[int, dict, str]:
-            batch = batch_create(
-                client=api_key.client, api_key=api_key, recipients=recipients, **data
-            )
+            # The answer's counts are read in the batch's own transaction: a database lost
+            # between the two cannot leave a stored batch behind a 503 saying nothing was.
+            with transaction.atomic():
+                batch = batch_create(
+                    client=api_key.client, api_key=api_key, recipients=recipients, **data
+                )
+                body = dict(BatchOutputSerializer(batch).data)
             location = reverse("api:batch-detail", kwargs={"batch_id": batch.pk})
-            return status.HTTP_202_ACCEPTED, dict(BatchOutputSerializer(batch).data), location
+            return status.HTTP_202_ACCEPTED, body, location
 
         return idempotent_create(request, create)
 

@@ -26,6 +26,7 @@ from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
 from event_sends.selectors import events_stream_stats
+from mailqueue import conf
 from mailqueue.metrics.counters import (
     BUCKET,
     COUNTER,
@@ -36,6 +37,7 @@ from mailqueue.metrics.counters import (
     Family,
     counters_read,
 )
+from mailqueue.providers import providers_circuits
 from mailqueue.selectors.queues import queues_overview
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class MailqueueCollector(Collector):
             yield _counter(family, stored) if family.kind == COUNTER else _histogram(family, stored)
         yield from _gauges()
         yield from _event_gauges()
+        yield from _circuit_gauges()
 
 
 def _gauges() -> Iterator[Metric]:
@@ -130,6 +133,35 @@ def _event_gauges() -> Iterator[Metric]:
         return
     for name, key, documentation in _EVENT_GAUGES:
         yield GaugeMetricFamily(name, documentation, stats[key])
+
+
+# The circuit breaker's states as gauge values.
+_CIRCUIT_VALUES = {"closed": 0, "open": 1, "half_open": 2}
+
+
+def _circuit_gauges() -> Iterator[Metric]:
+    """Each configured provider's circuit breaker state (left out while Redis is down)."""
+    try:
+        circuits = providers_circuits(names=conf.providers())
+    except (RedisError, OSError) as exc:
+        logger.warning("metrics: circuit breaker gauges left out, Redis unavailable: %s", exc)
+        return
+    state = GaugeMetricFamily(
+        "email_provider_circuit_state",
+        "Each provider's circuit breaker: 0 closed (calls go through), 1 open (no calls; email "
+        "fails over or waits), 2 half-open (one probe decides).",
+        labels=["provider"],
+    )
+    failures = GaugeMetricFamily(
+        "email_provider_circuit_recent_failures",
+        "Transient failures of each provider within MAILQUEUE_BREAKER_WINDOW_SECONDS.",
+        labels=["provider"],
+    )
+    for name, circuit in circuits.items():
+        state.add_metric([name], _CIRCUIT_VALUES[circuit.state])
+        failures.add_metric([name], circuit.recent_failures)
+    yield state
+    yield failures
 
 
 @cache

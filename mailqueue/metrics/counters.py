@@ -25,6 +25,7 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
+from mailqueue.redis_config import redis_target
 from mailqueue.scheduling import connection
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,25 @@ PROVIDER_ERRORS = Family(
     "Provider tries that failed, by kind: transient, permanent, timeout or outage.",
     ("provider", "kind"),
 )
+CIRCUIT_OPENED = Family(
+    "email_provider_circuit_opened_total",
+    COUNTER,
+    "Times a provider's circuit breaker opened: too many transient failures in the window, or "
+    "a failed half-open probe (counted by the breaker's Redis script).",
+    ("provider",),
+)
 WEBHOOK_EVENTS = Family(
     "email_webhook_events_total",
     COUNTER,
     "Events stored from ESP tracking webhooks (replays not counted again), by ESP and type.",
     ("esp", "type"),
+)
+RATE_LIMITED = Family(
+    "email_rate_limited_total",
+    COUNTER,
+    "Times an email had to wait for a shared rate limit (MAILQUEUE_RATE_LIMITS) before going, "
+    "by limit (a provider name or domain:<recipient domain>).",
+    ("limit",),
 )
 FAMILIES = (
     PROCESSED,
@@ -90,7 +105,9 @@ FAMILIES = (
     DURATION,
     PROVIDER_REQUESTS,
     PROVIDER_ERRORS,
+    CIRCUIT_OPENED,
     WEBHOOK_EVENTS,
+    RATE_LIMITED,
 )
 
 # Upper bounds of the duration buckets: a claimed email can wait behind the rest of its chunk,
@@ -104,6 +121,12 @@ BUCKET, SUM = "_bucket", "_sum"
 def _field(sample: str, labels: tuple[str, ...]) -> str:
     # Cached: a worker counts the same few series over and over.
     return json.dumps([sample, *labels], separators=(",", ":"))
+
+
+def counter_field(family: Family, *labels: str) -> str:
+    """The hash field of one counter series (for writers outside `Increments`, such as the
+    circuit breaker's Lua script)."""
+    return _field(family.name, labels)
 
 
 class Increments:
@@ -146,7 +169,8 @@ _skip_until: dict[str, float] = {}
 
 
 def _redis_url() -> str:
-    return settings.RQ_QUEUES["default"]["URL"]
+    # Where the queues' Redis is (REDIS_URL or the Sentinel service), without its password.
+    return redis_target(settings.RQ_QUEUES["default"])
 
 
 def metrics_connection() -> Redis:

@@ -16,6 +16,7 @@ from mailqueue.metrics.counters import (
     PROVIDER_ERRORS,
     PROVIDER_REQUESTS,
     QUEUED,
+    RATE_LIMITED,
     TRACKED,
     WEBHOOK_EVENTS,
     Increments,
@@ -84,4 +85,12 @@ def esp_events_count(*, esp: str, events: Iterable["TrackingEvent"]) -> None:
     increments = Increments()
     for event in events:
         increments.add(WEBHOOK_EVENTS, esp, str(event.event_type))
+    increments_write(increments)
+
+
+def rate_limit_waits_count(waits: Mapping[str, int]) -> None:
+    """Count the waits for rate limits a delivery saw, by limit name (one write per group)."""
+    increments = Increments()
+    for limit, count in waits.items():
+        increments.add(RATE_LIMITED, limit, amount=count)
     increments_write(increments)

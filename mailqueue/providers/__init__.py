@@ -6,28 +6,28 @@ from mailqueue import conf
 from mailqueue.errors import ProviderConfigurationError
 from mailqueue.providers.anymail_esp import AnymailProvider, is_anymail_esp
 from mailqueue.providers.base import BackendProvider, Provider
+from mailqueue.providers.breaker import CircuitState, Permit, breakers
 from mailqueue.providers.capture import CaptureProvider
 from mailqueue.providers.console import ConsoleProvider
-from mailqueue.providers.cooldown import (
-    cooldowns_forget_local,
-    provider_report_outage,
-    provider_report_success,
-)
-from mailqueue.providers.cooldown import providers_cooldown_remaining as _cooldown_remaining
-from mailqueue.providers.cooldown import providers_in_service as _names_in_service
+from mailqueue.providers.simulator import SimulatorProvider
 from mailqueue.providers.smtp import SmtpProvider
 
 __all__ = [
     "BackendProvider",
+    "CircuitState",
+    "Permit",
     "Provider",
     "close_all",
     "configured_providers",
     "get_provider",
+    "provider_call_permit",
     "provider_class",
-    "provider_report_outage",
+    "provider_report_failure",
+    "provider_report_refusal",
     "provider_report_success",
-    "providers_cooldown_remaining",
+    "providers_circuits",
     "providers_in_service",
+    "providers_wait_seconds",
 ]
 
 # Built-in providers; any other name is looked up among anymail's ESP backends.
@@ -35,6 +35,8 @@ PROVIDER_CLASSES: dict[str, type[Provider]] = {
     "smtp": SmtpProvider,
     "capture": CaptureProvider,
     "console": ConsoleProvider,
+    # Where test keys' emails go (see mailqueue/providers/simulator.py).
+    "simulator": SimulatorProvider,
 }
 
 # Each send thread has its own instances (an SMTP session serves one message at a time); every
@@ -84,18 +86,47 @@ def configured_providers() -> list[Provider]:
 
 
 def providers_in_service(providers: list[Provider]) -> list[Provider]:
-    """The providers not cooling down after an outage, in their configured order."""
-    usable = set(_names_in_service([provider.name for provider in providers]))
+    """The providers whose circuit lets a call through (no Redis call but a refresh at most
+    once a second), in their configured order."""
+    usable = set(breakers.in_service([provider.name for provider in providers]))
     return [provider for provider in providers if provider.name in usable]
 
 
-def providers_cooldown_remaining(providers: list[Provider]) -> float:
-    """Seconds until the first of these providers ends its cooldown (0 if one is in service)."""
-    return _cooldown_remaining([provider.name for provider in providers])
+def providers_wait_seconds(providers: list[Provider]) -> float:
+    """Seconds until the first of these providers may be called again (0 if one may now)."""
+    return breakers.wait_seconds([provider.name for provider in providers])
+
+
+def provider_call_permit(name: str) -> Permit | None:
+    """Leave to call a provider once (a plain call, or its circuit's half-open probe), or None
+    while its circuit is open or another worker is probing it."""
+    return breakers.permit(name)
+
+
+def provider_report_success(name: str, permit: Permit) -> None:
+    """The provider took a message: free for a plain call; a probe closes the circuit."""
+    breakers.record_success(name, permit)
+
+
+def provider_report_failure(name: str, permit: Permit) -> None:
+    """The provider failed (an outage or an unclassified error): counted by its circuit breaker,
+    which may open."""
+    breakers.record_failure(name, permit)
+
+
+def provider_report_refusal(name: str, permit: Permit) -> None:
+    """The provider refused or deferred one message: not counted; a probe lets the next email
+    probe."""
+    breakers.record_refusal(name, permit)
+
+
+def providers_circuits(*, names: list[str]) -> dict[str, CircuitState]:
+    """Each provider's circuit, read from Redis now (raises RedisError)."""
+    return breakers.states(names)
 
 
 def close_all() -> None:
-    """Close every thread's provider connections and forget this process's copy of the outages
+    """Close every thread's provider connections and forget this process's copy of the circuits
     (worker shutdown, tests)."""
     global _generation
     with _registry_lock:
@@ -104,4 +135,4 @@ def close_all() -> None:
         _generation += 1
     for provider in instances:
         provider.close()
-    cooldowns_forget_local()
+    breakers.forget_local()

@@ -4,9 +4,10 @@ providers that wrap a Django email backend."""
 
 import logging
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
 from typing import TYPE_CHECKING
 
-from django.core.mail import EmailMessage
+from django.core.mail import BadHeaderError, EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from rq.timeouts import BaseTimeoutException
 
@@ -72,6 +73,12 @@ class Provider:
         except (DeliveryError, BaseTimeoutException):
             # A job timeout is not the provider's verdict on the message: let the worker see it.
             raise
+        except (BadHeaderError, HeaderParseError) as exc:
+            # The message itself cannot be written (a header Django or the email package
+            # refuses): it fails on its own, and says nothing about the provider.
+            raise DeliveryError(
+                f"The message cannot be built: {exc}", error_class="message", transient=False
+            ) from exc
         except Exception as exc:
             error = self._classify(exc)
             if error is None:
@@ -139,8 +146,12 @@ def unclassified_error(exc: Exception) -> DeliveryError:
     # hiccup of the host), and nothing in it says that the message is bad. Retrying costs at
     # most MAILQUEUE_MAX_ATTEMPTS tries, and the worker tries the next provider at once, which
     # may well deliver; failing the email for good would lose it on the first surprise. It is
-    # not an outage: one message's surprise must not take the provider away from every email.
-    return delivery_error(exc, transient=True)
+    # not reported as an outage, and counts as one failure for the provider's circuit breaker:
+    # one message's surprise does not take the provider away from every email, a run of them
+    # within the breaker's window does.
+    error = delivery_error(exc, transient=True)
+    error.unclassified = True
+    return error
 
 
 def delivery_error(

@@ -14,6 +14,8 @@ from email.utils import formataddr, formatdate, parseaddr
 from django.conf import settings
 from django.core.mail import EmailMessage
 
+from mailqueue.validation import has_forbidden_chars
+
 # RFC 5322 allows 998 bytes per line; Django switches a body to quoted-printable above it.
 MAX_LINE_BYTES = 998
 # Header lines longer than this would be folded by Django (the `email` package folds at 78).
@@ -23,7 +25,9 @@ _ADDRESS_HEADERS = {"from", "to", "cc", "reply-to"}
 
 def _plain_header(name: str, value: str) -> str | None:
     """`Name: value` when the value needs no encoding or folding; None otherwise."""
-    if not value.isascii() or "\n" in value or "\r" in value:
+    # A control character (a vertical tab, say) is never written raw: Django's builder refuses
+    # or encodes what could end the line, and the API refuses all of them before this point.
+    if not value.isascii() or has_forbidden_chars(value):
         return None
     line = f"{name}: {value}"
     return line if len(line) <= MAX_HEADER_LINE else None
@@ -31,7 +35,7 @@ def _plain_header(name: str, value: str) -> str | None:
 
 def _address(value: str) -> str | None:
     """An ASCII address formatted as Django's sanitize_address would; None if it is not plain."""
-    if not value.isascii() or "\n" in value or "\r" in value:
+    if not value.isascii() or has_forbidden_chars(value):
         return None
     name, address = parseaddr(value)
     if "@" not in address or address.count("@") != 1:

@@ -102,8 +102,9 @@ class SmtpProvider(BackendProvider):
             return delivery_error(
                 exc, transient=transient, message=f"Recipients refused: {details}"
             )
-        if isinstance(exc, smtplib.SMTPAuthenticationError):
-            # Bad credentials are the provider's problem, not the message's: try another.
+        if isinstance(exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPConnectError)):
+            # Bad credentials, or a server refusing sessions at its greeting (421): the
+            # provider's problem, not the message's: try another, and count it against it.
             return delivery_error(exc, transient=True, message=_smtp_reply(exc), outage=True)
         if isinstance(exc, smtplib.SMTPResponseException):
             return delivery_error(exc, transient=exc.smtp_code < 500, message=_smtp_reply(exc))

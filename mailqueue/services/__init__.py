@@ -24,9 +24,7 @@ from mailqueue.services.emails import (
 )
 from mailqueue.services.idempotency import (
     StoredResponse,
-    idempotency_begin,
-    idempotency_complete,
-    idempotency_release,
+    idempotency_run,
     request_fingerprint,
 )
 from mailqueue.services.sweeper import SweepResult, emails_sweep
@@ -53,9 +51,7 @@ __all__ = [
     "emails_deliver",
     "emails_retry_many",
     "emails_sweep",
-    "idempotency_begin",
-    "idempotency_complete",
-    "idempotency_release",
+    "idempotency_run",
     "queue_drain",
     "request_fingerprint",
     "template_send_test",

@@ -45,11 +45,17 @@ def _check_scopes(scopes: list[str]) -> None:
 
 @transaction.atomic
 def api_key_create(
-    *, client_name: str, scopes: list[str], name: str = "", all_clients: bool = False
+    *,
+    client_name: str,
+    scopes: list[str],
+    name: str = "",
+    all_clients: bool = False,
+    is_test: bool = False,
 ) -> IssuedKey:
     """Create a key for a client (creating the client if needed) and return its plaintext once.
 
     `all_clients`: the failed-email endpoints act on every client's emails, not only its own.
+    `is_test`: the key's emails go to the simulator (the capture inbox), never to a provider.
     """
     _check_scopes(scopes)
     client, _ = Client.objects.get_or_create(name=client_name)
@@ -62,6 +68,7 @@ def api_key_create(
         key_hash=_hash(secret),
         scopes=sorted(set(scopes)),
         all_clients=all_clients,
+        is_test=is_test,
     )
     return IssuedKey(api_key=api_key, plaintext=f"{KEY_PREFIX}_{prefix}_{secret}")
 

@@ -19,19 +19,24 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email import encoders
+from email.mime.base import MIMEBase
 from uuid import UUID, uuid4
 
+from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
+from django.core.mail.message import SafeMIMEMultipart
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 
-from mailqueue import conf, priorities
+from mailqueue import conf, priorities, rate_limits
 from mailqueue.db import select_columns, select_instances
 from mailqueue.dkim import keyring_refresh as dkim_keyring_refresh
 from mailqueue.errors import DeliveryError, MailqueueError
+from mailqueue.metrics.recording import rate_limit_waits_count
 from mailqueue.models import (
     CapturedMessage,
     DeliveryAttempt,
@@ -44,10 +49,12 @@ from mailqueue.providers import (
     Provider,
     configured_providers,
     get_provider,
-    provider_report_outage,
+    provider_call_permit,
+    provider_report_failure,
+    provider_report_refusal,
     provider_report_success,
-    providers_cooldown_remaining,
     providers_in_service,
+    providers_wait_seconds,
 )
 from mailqueue.scheduling import (
     DeliveryJob,
@@ -314,7 +321,7 @@ def email_build_message(*, email: EmailJob, content: RenderedContent) -> EmailMu
         **email_unsubscribe_headers(email),
         "Message-ID": f"<{smtp_message_id(email.pk)}>",
     }
-    message = EmailMultiAlternatives(
+    message = MailqueueMessage(
         subject=content.subject,
         body=content.text or content.html,
         from_email=email.from_email or conf.default_from_email(),
@@ -331,12 +338,52 @@ def email_build_message(*, email: EmailJob, content: RenderedContent) -> EmailMu
     # Loaded with the claim: no query here, so this runs in a send thread.
     rows = getattr(email, "attachment_rows", None)
     for attachment in email.attachments.all() if rows is None else rows:
-        message.attach(attachment.filename, bytes(attachment.content), attachment.mimetype)
+        if attachment.content_id:
+            message.attach(_inline_part(attachment))
+        else:
+            message.attach(attachment.filename, bytes(attachment.content), attachment.mimetype)
     # anymail passes these to ESPs that support them; other backends ignore them.
     message.tags = list(email.tags)
     message.metadata = {**email.metadata, "mailqueue_email_id": str(email.pk)}
     message.mailqueue_email_id = email.pk
     return message
+
+
+class MailqueueMessage(EmailMultiAlternatives):
+    """Django's message, with inline parts (`cid:` images) kept beside the bodies in a
+    multipart/related, where every mail program looks for them; other attachments follow in the
+    usual multipart/mixed."""
+
+    def _create_attachments(self, msg: MIMEBase) -> MIMEBase:
+        inline = [
+            part for part in self.attachments if isinstance(part, MIMEBase) and part["Content-ID"]
+        ]
+        if not inline:
+            return super()._create_attachments(msg)
+        related = SafeMIMEMultipart(
+            _subtype="related", encoding=self.encoding or settings.DEFAULT_CHARSET
+        )
+        related.attach(msg)
+        for part in inline:
+            related.attach(part)
+        others = [part for part in self.attachments if not any(part is p for p in inline)]
+        saved, self.attachments = self.attachments, others
+        try:
+            return super()._create_attachments(related)
+        finally:
+            self.attachments = saved
+
+
+def _inline_part(attachment: EmailAttachment) -> MIMEBase:
+    """An inline part the HTML shows as `cid:<content_id>` (anymail's inline-image shape, which
+    ESP backends recognise by its Content-ID and inline disposition)."""
+    maintype, _, subtype = attachment.mimetype.partition("/")
+    part = MIMEBase(maintype, subtype)
+    part.set_payload(bytes(attachment.content))
+    encoders.encode_base64(part)
+    part.add_header("Content-ID", f"<{attachment.content_id}>")
+    part.add_header("Content-Disposition", "inline", filename=attachment.filename)
+    return part
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -356,6 +403,8 @@ class _Outcome:
     error: DeliveryError | None = None
     tries: list[DeliveryAttempt] = field(default_factory=list)
     captured: list[CapturedMessage] = field(default_factory=list)
+    # Providers passed over because their circuit was open (the route's other part).
+    skipped: list[str] = field(default_factory=list)
 
 
 def _try_row(
@@ -385,9 +434,14 @@ def _try_row(
 def _attempt(
     email: EmailJob, message: EmailMultiAlternatives, number: int, providers: list[Provider]
 ) -> _Outcome:
-    """Try the providers in order until one takes the message or one refuses it."""
+    """Try the providers in order until one takes the message or one refuses it; a provider
+    whose circuit opened since the check (or that another worker is probing) is skipped."""
     outcome = _Outcome(sent=False)
     for provider in providers:
+        permit = provider_call_permit(provider.name)
+        if permit is None:
+            outcome.skipped.append(provider.name)
+            continue
         started = timezone.now()
         clock = time.monotonic()
         try:
@@ -395,10 +449,14 @@ def _attempt(
         except DeliveryError as exc:
             outcome.provider, outcome.error = provider.name, exc
             outcome.tries.append(_try_row(email, number, provider.name, started, clock, exc))
-            if exc.outage:
-                provider_report_outage(provider.name)
-            if not exc.transient:
-                break
+            if not exc.counts_against_provider:
+                # About this message, not the provider (a refusal, a greylisted recipient): it
+                # opens no circuit, and a probe's permit passes to the next email.
+                provider_report_refusal(provider.name, permit)
+                if not exc.transient:
+                    break
+            else:
+                provider_report_failure(provider.name, permit)
             logger.warning(
                 "email %s: provider %s failed (%s), trying the next one",
                 email.pk,
@@ -407,7 +465,7 @@ def _attempt(
             )
             continue
         outcome.tries.append(_try_row(email, number, provider.name, started, clock))
-        provider_report_success(provider.name)
+        provider_report_success(provider.name, permit)
         outcome.sent, outcome.provider, outcome.error = True, provider.name, None
         outcome.message_id, outcome.rejected = result.message_id, result.rejected
         if result.captured is not None:
@@ -461,10 +519,18 @@ def email_decide(*, email: EmailJob) -> Decision:
         return _decide_unsent(email=email, number=number, outcome=outcome, content=content)
     usable = providers_in_service(providers)
     if not usable:
-        # Every provider had an outage moments ago: nothing is tried (no timeout paid, no
-        # attempt used up); the email waits until the first provider's cooldown ends.
+        # Every provider's circuit is open: nothing is tried (no timeout paid, no attempt used
+        # up); the email waits until the first one may be called again.
         return _decide_wait_for_providers(email=email, providers=providers)
+    # Shared rate limits: nothing at all (not even a Redis call) while none is configured.
+    if conf.rate_limits() and (limited := _rate_limit_wait(email, message, usable[0].name)):
+        return _decide_rate_limited(email=email, acquired=limited)
     outcome = _attempt(email, message, number, usable)
+    if not outcome.tries:
+        # Every usable provider's circuit opened, or was being probed, since the check above.
+        return _decide_wait_for_providers(email=email, providers=providers)
+    # The route shown in the admin: providers passed over because their circuit was open.
+    outcome.skipped[:0] = [provider.name for provider in providers if provider not in usable]
     if outcome.sent:
         decision = _decide_sent(email=email, number=number, outcome=outcome, content=content)
         decision.events += email_suppression_events(email=email, dropped=dropped)
@@ -502,6 +568,7 @@ def _decide_sent(
             provider=outcome.provider,
             recipient=email.recipient,
             data={"message_id": outcome.message_id},
+            description=_route_description(outcome),
         )
     ]
     # A provider that took the message may still have refused some recipients.
@@ -534,6 +601,14 @@ def _decide_sent(
         events=events,
         captured=outcome.captured,
     )
+
+
+def _route_description(outcome: _Outcome) -> str:
+    """How the message reached its provider when not by the first one: providers passed over
+    (circuit open) and providers that failed before it, so the admin shows the failover."""
+    route = [f"{name} skipped (circuit open)" for name in outcome.skipped]
+    route += [f"{t.provider} failed" for t in outcome.tries if t.provider != outcome.provider]
+    return f"failed over to {outcome.provider}: {', '.join(route)}" if route else ""
 
 
 def _decide_failed(
@@ -602,10 +677,11 @@ def _decide_retry(*, email: EmailJob, number: int, outcome: _Outcome) -> Decisio
 
 
 def _decide_wait_for_providers(*, email: EmailJob, providers: list[Provider]) -> Decision:
-    """Put an email back to wait for a provider's cooldown, without counting an attempt."""
-    next_at = timezone.now() + timedelta(seconds=providers_cooldown_remaining(providers))
+    """Put an email back to wait for a provider's circuit to let calls through, without
+    counting an attempt."""
+    next_at = timezone.now() + timedelta(seconds=providers_wait_seconds(providers))
     names = ", ".join(provider.name for provider in providers)
-    message = f"Waiting: every provider is cooling down after an outage ({names})."
+    message = f"Waiting: every provider's circuit is open after repeated failures ({names})."
     return _decide_later(
         email=email,
         outcome=_Outcome(sent=False),
@@ -617,7 +693,7 @@ def _decide_wait_for_providers(*, email: EmailJob, providers: list[Provider]) ->
         ),
         next_at=next_at,
         job_id=f"wait-{uuid4().hex}",
-        **error_fields(error_class="providers_cooling_down", message=message),
+        **error_fields(error_class="providers_circuit_open", message=message),
     )
 
 
@@ -627,6 +703,82 @@ def email_deliver(*, email: EmailJob) -> str:
         logger.warning("email %s: lease lost before sending; another worker has it", email.pk)
         return LEASE_LOST
     return decisions_record([email_decide(email=email)])[0]
+
+
+# A rate-limited email takes a slot at most this far ahead and sleeps until it comes, in its
+# send thread: a second of sleep is cheaper than a written requeue, and the slot is its own.
+# `default` and `low` book less far ahead (more the longer they were held, up to the max): a
+# `high` email's slot comes after theirs.
+RATE_LIMIT_BOOK_SECONDS = 1.0
+RATE_LIMIT_BOOK_SECONDS_NOT_HIGH = 0.25
+RATE_LIMIT_BOOK_SECONDS_NOT_HIGH_MAX = 0.5
+# A delivery keeps a rate-limited email in hand (back in its place in line, sends paused) when
+# its slot is at most this far: no write at all. A longer wait (a per-minute limit) is written,
+# like a provider's open circuit, and the rest of the claim goes back to the queue.
+RATE_LIMIT_HOLD_SECONDS = 10.0
+
+
+def _rate_limit_wait(
+    email: EmailJob, message: EmailMultiAlternatives, provider: str
+) -> "rate_limits.Acquired | None":
+    """Take a slot of the email's rate limits, sleeping until it comes if it is booked; the
+    refusal (nothing taken) when the next slot is further than RATE_LIMIT_BOOK_SECONDS."""
+    acquired = rate_limits.rate_limits_acquire(
+        provider=provider,
+        recipients=message.recipients(),  # suppressed recipients already dropped
+        priority=email.priority,
+        reserve_within=_rate_limit_book_seconds(email),
+    )
+    if acquired.wait and acquired.limit is not None:
+        rate_limits.wait_note(acquired.limit.name)
+    if not acquired.booked:
+        return acquired
+    if acquired.wait:
+        time.sleep(acquired.wait)
+    return None
+
+
+def _rate_limit_book_seconds(email: EmailJob) -> float:
+    """How far ahead an email may book a slot: `high` ones a second; the others less, plus the
+    time they have been held since their claim (its `updated_at`), up to half a second. The emails
+    that waited longest book first: workers do not race for each slot on equal terms, and
+    emails claimed earlier would otherwise lose to later ones for as long as their luck lasts.
+    """
+    if email.priority == priorities.HIGH:
+        return RATE_LIMIT_BOOK_SECONDS
+    held = (timezone.now() - email.updated_at).total_seconds() if email.updated_at else 0.0
+    return min(RATE_LIMIT_BOOK_SECONDS_NOT_HIGH_MAX, RATE_LIMIT_BOOK_SECONDS_NOT_HIGH + held)
+
+
+def _decide_rate_limited(*, email: EmailJob, acquired: "rate_limits.Acquired") -> Decision:
+    """Put an email back until a rate limit lets it go, without counting an attempt.
+
+    The delivery keeps it in its place in line when the wait is short (RATE_LIMIT_HOLD_SECONDS,
+    see _SendWindow.rate_limit_hold); this decision is written only for a longer wait.
+    """
+    next_at = timezone.now() + timedelta(seconds=acquired.wait)
+    name = acquired.limit.describe() if acquired.limit else "a rate limit"
+    message = f"Waiting: rate limit {name} reached."
+    decision = _decide_later(
+        email=email,
+        outcome=_Outcome(sent=False),
+        event=NewEvent(
+            email_id=email.pk,
+            event_type=EventType.DEFERRED,
+            recipient=email.recipient,
+            description=f"{message} Next try at {next_at.isoformat()}.",
+            data={
+                "rate_limit": acquired.limit.name if acquired.limit else "",
+                "next_attempt_at": next_at.isoformat(),
+            },
+        ),
+        next_at=next_at,
+        job_id=f"limited-{uuid4().hex}",
+        **error_fields(error_class="rate_limited", message=message),
+    )
+    # Not a column: tells the delivery it may keep the email in hand instead.
+    decision.rate_limit_wait = acquired.wait
+    return decision
 
 
 @dataclass
@@ -711,9 +863,16 @@ class _SendWindow:
         self.held: list[Decision] = []
         self.held_since = 0.0
         self.report = report
+        # Rate limits: no hand-out before this (monotonic) time; the last look for higher jobs.
+        self.paused_until = 0.0
+        self.higher_checked = 0.0
+        self.limit_released = False
+        self.limited = bool(conf.rate_limits())
 
     def hand_out(self) -> None:
         """Hand waiting emails whose lease still holds to the send threads, up to the window."""
+        if self.paused_until and time.monotonic() < self.paused_until:
+            return
         while self.waiting and len(self.in_flight) < self.size:
             email = self.waiting.popleft()
             if email_hold_lease(email=email):
@@ -740,9 +899,12 @@ class _SendWindow:
                 _record_crash(email, exc)
                 self.report.count(CRASHED)
                 continue
+            decision = future.result()
+            if self.rate_limit_hold(email, decision):
+                continue
             if not self.held:
                 self.held_since = time.monotonic()
-            self.held.append(future.result())
+            self.held.append(decision)
             if len(self.held) >= OUTCOME_GROUP_SIZE:
                 self.flush()
         if self.held and (
@@ -750,6 +912,48 @@ class _SendWindow:
             or not (self.waiting or self.in_flight)
         ):
             self.flush()
+
+    def rate_limit_hold(self, email: EmailJob, decision: Decision) -> bool:
+        """Keep a rate-limited email in hand when its wait is short: back in its place in line
+        (before the later emails of its priority), hand-outs paused until a slot can be booked.
+        A longer wait is written; the hand-outs pause for it too (the loop then releases)."""
+        wait_seconds = getattr(decision, "rate_limit_wait", None)
+        if wait_seconds is None:
+            return False
+        pause = max(0.0, wait_seconds - _rate_limit_book_seconds(email))
+        self.paused_until = max(self.paused_until, time.monotonic() + pause)
+        if wait_seconds > RATE_LIMIT_HOLD_SECONDS or _stop_requested.is_set():
+            return False
+        place = next((i for i, e in enumerate(self.waiting) if e.pk > email.pk), None)
+        self.waiting.insert(len(self.waiting) if place is None else place, email)
+        return True
+
+    def may_refill(self) -> bool:
+        """Whether to claim more now. Under rate limits, not before the last claim is done: a
+        claim sent while newer ones wait in the send threads would go behind them."""
+        return not (self.limited and self.in_flight)
+
+    def rate_limit_paused(self) -> bool:
+        """Wait out a rate-limit pause (True while it lasts). Released instead when the wait is
+        long or a job of a higher priority is waiting: this worker is needed elsewhere."""
+        left = self.paused_until - time.monotonic()
+        if left <= 0:
+            return False
+        if self.waiting and (left > RATE_LIMIT_HOLD_SECONDS or self._higher_waiting()):
+            self.release_unsent()
+            self.limit_released = True
+            return False
+        if not self.in_flight:
+            time.sleep(min(left, STOP_CHECK_SECONDS))
+        return True
+
+    def _higher_waiting(self) -> bool:
+        """Whether a job of a higher priority waits (asked at most twice a second)."""
+        now = time.monotonic()
+        if now - self.higher_checked < 0.5:
+            return False
+        self.higher_checked = now
+        return _higher_priority_waiting(self.waiting[0].priority)
 
     def flush(self) -> None:
         """Write the held outcomes as one group."""
@@ -810,7 +1014,7 @@ def _deliver_claimed(
             if _stop_requested.is_set():
                 refill = None
                 window.release_unsent()
-            if not window.waiting and refill is not None:
+            if not window.waiting and refill is not None and window.may_refill():
                 more = refill()
                 report.claimed += len(more)
                 window.waiting.extend(more)
@@ -818,10 +1022,19 @@ def _deliver_claimed(
                     refill = None
             if not (window.waiting or window.in_flight):
                 break
+            if window.rate_limit_paused():
+                if not window.waiting:
+                    refill = None  # its emails were written to wait: claim no more
+                if not window.in_flight:
+                    continue
+            elif window.limit_released:
+                refill = None
             window.hand_out()
             if window.in_flight:
                 window.collect()
         window.flush()  # outcomes held when the last emails in the window turned out lost
+        if waits := rate_limits.waits_take():
+            rate_limit_waits_count(waits)
     except BaseException as exc:
         # RQ's job timeout or a cold shutdown (SystemExit from the second signal): the sends
         # under way are not waited for (the sweeper takes their emails back after the lease) and
@@ -871,9 +1084,16 @@ def queue_drain(*, priority: str, job_id: str = "") -> DeliveryReport:
     chunk_size = conf.batch_chunk_size()
     deadline = time.monotonic() + DRAIN_JOB_SECONDS
 
+    full = False
+
     def claim_chunk() -> list[EmailJob]:
-        claimed = emails_claim_queued(priority=priority, limit=chunk_size, job_id=job_id)
-        if len(claimed) >= chunk_size:
+        nonlocal full
+        # While rate limits bite, a worker claims only what it can soon send: the rest stays
+        # queued in order, for whichever worker gets the next slot.
+        size = rate_limits.claim_size(chunk_size, conf.worker_concurrency())
+        claimed = emails_claim_queued(priority=priority, limit=size, job_id=job_id)
+        full = len(claimed) >= size
+        if full:
             try:
                 drains_request([priority])
             except RedisError as exc:
@@ -887,7 +1107,7 @@ def queue_drain(*, priority: str, job_id: str = "") -> DeliveryReport:
 
     claimed = claim_chunk()
     report.claimed = len(claimed)
-    _deliver_claimed(claimed, report, refill=next_chunk if len(claimed) >= chunk_size else None)
+    _deliver_claimed(claimed, report, refill=next_chunk if full else None)
     return report
 
 

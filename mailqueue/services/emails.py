@@ -52,6 +52,8 @@ from mailqueue.selectors.suppressions import (
 )
 from mailqueue.services.dead_letters import error_fields
 from mailqueue.services.redaction import emails_context_redact, secret_values, text_redact
+from mailqueue.services.sender_domains import sender_check
+from mailqueue.services.simulator import SIMULATOR
 from mailqueue.unsubscribe import (
     UnsubscribeToken,
     check_unsubscribe_headers,
@@ -78,15 +80,19 @@ class AttachmentInput:
     filename: str
     content: bytes
     mimetype: str
+    # An inline part's Content-ID, without angle brackets ("" for a plain attachment).
+    content_id: str = ""
 
 
-def attachment_decode(*, filename: str, content: str, mimetype: str, field: str) -> AttachmentInput:
+def attachment_decode(
+    *, filename: str, content: str, mimetype: str, field: str, content_id: str = ""
+) -> AttachmentInput:
     """Decode one base64 attachment, naming the field if the content is not valid base64."""
     try:
         raw = base64.b64decode(content, validate=True)
     except (binascii.Error, ValueError):
         raise ValidationFailed("Attachment content must be base64.", field=field) from None
-    return AttachmentInput(filename=filename, content=raw, mimetype=mimetype)
+    return AttachmentInput(filename=filename, content=raw, mimetype=mimetype, content_id=content_id)
 
 
 def _accept_subject(source, context: dict, *, field: str) -> str:
@@ -129,6 +135,10 @@ def _email_new(
             "one recipient, whom its unsubscribe link names; send a batch instead.",
             field="to",
         )
+    api_key = fields.get("api_key")
+    if api_key is not None and api_key.is_test:
+        # A test key's email goes the whole way, to the simulator instead of a real provider.
+        fields["providers"] = [SIMULATOR]
     return EmailJob(
         topic=topic,
         transactional=transactional,
@@ -328,6 +338,7 @@ def email_create(
     context = context or {}
     attachments = list(attachments)
     check_recipient_count(to=list(to), cc=list(cc), bcc=list(bcc))
+    sender_check(client=client, from_email=from_email, reply_to=reply_to)
     template_obj = template_version = None
     if template:
         template_obj, template_version, subject = _template_accept(template, context)
@@ -377,7 +388,11 @@ def email_create(
         insert_one(email)
         EmailAttachment.objects.bulk_create(
             EmailAttachment(
-                email=email, filename=item.filename, mimetype=item.mimetype, content=item.content
+                email=email,
+                filename=item.filename,
+                mimetype=item.mimetype,
+                content=item.content,
+                content_id=item.content_id,
             )
             for item in attachments
         )
@@ -435,6 +450,7 @@ def batch_create(
             f"Too many recipients: {len(recipients)} (the limit is {conf.batch_max()}).",
             field="recipients",
         )
+    sender_check(client=client, from_email=from_email)
     shared_context = context or {}
     content = batch_content(template=template, subject=subject, html=html, text=text)
     rendered = _batch_rendered(
@@ -486,6 +502,7 @@ def batch_emails_add(
     A recipient whose context the content cannot render with is left out (nobody waits on a
     run to be told); the batch's `count` grows by the emails added.
     """
+    sender_check(client=batch.client, from_email=from_email)
     rendered = _batch_rendered(
         content,
         batch.client,
@@ -909,6 +926,11 @@ def captured_message_release(
     captured = CapturedMessage.objects.select_for_update().get(pk=captured.pk)
     if captured.released_as_id:
         raise InvalidTransition("This message was already released.")
+    if (
+        captured.email_id
+        and EmailJob.objects.filter(pk=captured.email_id, providers=[SIMULATOR]).exists()
+    ):
+        raise InvalidTransition("A test key's message is never released to a real provider.")
     providers = conf.release_providers()
     if not providers:
         raise ValidationFailed(
@@ -935,7 +957,10 @@ def captured_message_release(
         headers=original.headers,
         attachments=[
             AttachmentInput(
-                filename=item.filename, content=bytes(item.content), mimetype=item.mimetype
+                filename=item.filename,
+                content=bytes(item.content),
+                mimetype=item.mimetype,
+                content_id=item.content_id,
             )
             for item in original.attachments.all()
         ],

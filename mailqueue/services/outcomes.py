@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cache
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from client_webhooks.services import webhooks_dispatch
@@ -23,6 +23,7 @@ from mailqueue.metrics.recording import outcomes_count
 from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.scheduling import DeliveryJob, deliveries_enqueue_on_commit
 from mailqueue.services.redaction import decision_redact, emails_context_redact
+from mailqueue.services.simulator import SIMULATOR, simulated_events_record
 from tracking.models import TrackedLink, TrackingEvent
 from tracking.services import NewEvent, events_record
 
@@ -103,7 +104,22 @@ def decisions_record(decisions: list[Decision]) -> list[str]:
             statuses.append(LEASE_LOST)
     outcomes_count(decisions=decisions, statuses=statuses)
     outcomes_log(decisions=decisions, statuses=statuses)
+    simulated = [
+        (decision.email, decision.fields.get("message_id") or "")
+        for decision, status in zip(decisions, statuses, strict=True)
+        if status == EmailStatus.SENT and decision.fields.get("provider") == SIMULATOR
+    ]
+    if simulated:
+        _simulated_record(simulated)
     return statuses
+
+
+def _simulated_record(sent: list[tuple[EmailJob, str]]) -> None:
+    """A test key's simulated events; the emails' outcomes stand even if they cannot be stored."""
+    try:
+        simulated_events_record(sent=sent)
+    except DatabaseError as exc:
+        logger.warning("simulated events of %d email(s) not recorded: %s", len(sent), exc)
 
 
 def _changes(decision: Decision) -> dict:

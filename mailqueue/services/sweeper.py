@@ -12,12 +12,15 @@ from uuid import uuid4
 
 from django.db import transaction
 from django.utils import timezone
+from rq.job import Job
+from rq.utils import utcparse
 
 from client_webhooks.services import webhook_deliveries_requeue_lost
 from mailqueue import conf
 from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus, IdempotencyRecord, Priority
 from mailqueue.scheduling import (
     DeliveryJob,
+    connection,
     deliveries_enqueue,
     drains_pending,
     drains_request,
@@ -198,13 +201,39 @@ def _requeue_lost_jobs(result: SweepResult) -> None:
             break
         last_key = (rows[-1]["updated_at"], rows[-1]["pk"])
         alive = jobs_alive(row["rq_job_id"] for row in rows if row["rq_job_id"])
-        lost = [row for row in rows if not alive.get(row["rq_job_id"])]
+        stalled = _jobs_started_before(
+            [row["rq_job_id"] for row in rows if alive.get(row["rq_job_id"])], settled_before
+        )
+        lost = [
+            row for row in rows if not alive.get(row["rq_job_id"]) or row["rq_job_id"] in stalled
+        ]
         if lost:
             result.requeued += _requeue(lost)
         if len(rows) < PAGE_SIZE:
             break
     else:
         _resume_after = last_key  # more to scan: the next sweep goes on from here
+
+
+def _jobs_started_before(job_ids: list[str], before: datetime) -> set[str]:
+    """Jobs a worker started before `before` (one round trip).
+
+    A job names emails that it claims the moment it starts (or points at a new job, when they
+    are not due): one that started more than the grace period ago while an email still waits
+    with its id lost its worker between taking the job and claiming it (a SIGKILL). RQ keeps
+    such a job `started`, and the dead worker's key has been seen to outlive it by minutes, so
+    jobs_alive() alone would call it alive and the email would wait that long.
+    """
+    if not job_ids:
+        return set()
+    pipe = connection().pipeline()
+    for job_id in job_ids:
+        pipe.hmget(Job.key_for(job_id), "status", "started_at")
+    stalled = set()
+    for job_id, (status, started_at) in zip(job_ids, pipe.execute(), strict=True):
+        if status == b"started" and started_at and utcparse(started_at.decode()) < before:
+            stalled.add(job_id)
+    return stalled
 
 
 def _requeue(rows: list[dict]) -> int:

@@ -214,15 +214,16 @@ def test_retrying_emails_are_grouped_and_a_group_can_be_cancelled(admin_client):
     )
 
 
-def test_emails_waiting_out_a_provider_cooldown_can_be_cancelled_as_a_group(admin_client, settings):
-    """Emails deferred because every provider is cooling down form a retrying group, and
+def test_emails_waiting_for_an_open_circuit_can_be_cancelled_as_a_group(admin_client, settings):
+    """Emails deferred because every provider's circuit is open form a retrying group, and
     "cancel all in this group" reaches them (the group shown is the key stored with the error)."""
     settings.EMAIL_PROVIDERS = ["smtp"]
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": port}
-    settings.MAILQUEUE_WORKER_CONCURRENCY = 1  # the later emails meet the cooldown
+    settings.MAILQUEUE_BREAKER_FAILURES = 1  # the first failure opens the circuit
+    settings.MAILQUEUE_WORKER_CONCURRENCY = 1  # the later emails meet the open circuit
     client = Client.objects.create(name="shop")
     emails = [
         email_create(client=client, to=[f"wait{n}@example.com"], subject="Hi", text="Hi")
@@ -235,7 +236,7 @@ def test_emails_waiting_out_a_provider_cooldown_can_be_cancelled_as_a_group(admi
     assert key
 
     page = admin_client.get(reverse(PAGE)).content.decode()
-    assert "cooling down" in cells(group_rows(page, "retrying-group")[key])[1]
+    assert "circuit is open" in cells(group_rows(page, "retrying-group")[key])[1]
     response = admin_client.post(
         reverse("admin:mailqueue_emailjob_dead_letters_cancel"), {"error_group": key}, follow=True
     )

@@ -11,7 +11,7 @@ from mailqueue.api.serializers import EmailCreateInputSerializer
 from mailqueue.models import EmailAttachment, EmailJob, EmailStatus
 from mailqueue.scheduling import get_scheduler
 from mailqueue.services import emails_sweep
-from tests.helpers import DOWN_REDIS, queue_lengths, run_worker
+from tests.helpers import DOWN_REDIS, queue_lengths, run_worker, sender_domains_verify
 
 EMAILS = "/api/v1/emails/"
 
@@ -108,8 +108,9 @@ def test_high_priority_email_goes_to_the_high_queue(api, django_capture_on_commi
     assert queue_lengths() == {"high": 1, "default": 0, "low": 0}
 
 
-def test_single_address_and_list_are_both_accepted(api):
+def test_single_address_and_list_are_both_accepted(api, issued_key):
     """`to` may be one address or a list; cc, bcc and reply_to are stored as lists."""
+    sender_domains_verify(issued_key.api_key.client, "acme.example", "example.com")
     response = post_email(
         api,
         to=["ada@example.com", "Bob Smith <bob@example.com>"],

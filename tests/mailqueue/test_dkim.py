@@ -8,6 +8,7 @@ from mailqueue import dkim
 from mailqueue.models import DkimKey, EmailJob, EmailStatus
 from mailqueue.services import email_create, emails_deliver
 from mailqueue.services.dkim_keys import dkim_key_create
+from tests.helpers import sender_domains_verify
 
 pytestmark = pytest.mark.django_db
 
@@ -48,6 +49,7 @@ def test_mail_from_a_domain_with_a_key_is_signed_and_verifies(smtp_sink, issued_
     """The signature covers From, Subject, Date, Message-ID and both List-Unsubscribe headers,
     and verifies against the DKIM record the admin shows."""
     stored = dkim_key_create(domain="Example.COM", selector="s2026")
+    sender_domains_verify(issued_key.api_key.client, "example.com")
 
     email = send(issued_key.api_key.client, from_email="Shop <shop@example.com>", topic="news")
 
@@ -73,6 +75,7 @@ def test_keys_from_the_setting_sign_too(smtp_sink, issued_key, settings, tmp_pat
     pem.write_text(dkim.private_key_generate())
     settings.MAILQUEUE_DKIM_KEYS = [f"example.org:mq:{pem}"]
     dkim.keyring_refresh(force=True)
+    sender_domains_verify(issued_key.api_key.client, "example.org")
 
     send(issued_key.api_key.client, from_email="news@example.org")
 
@@ -84,6 +87,7 @@ def test_keys_from_the_setting_sign_too(smtp_sink, issued_key, settings, tmp_pat
 def test_mail_from_a_domain_without_a_key_is_not_signed(smtp_sink, issued_key):
     """Only the sender's own domain's key signs."""
     dkim_key_create(domain="example.com")
+    sender_domains_verify(issued_key.api_key.client, "elsewhere.test")
 
     send(issued_key.api_key.client, from_email="someone@elsewhere.test")
 

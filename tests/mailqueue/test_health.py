@@ -12,13 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mailqueue.models import ApiKey
 from mailqueue.providers import get_provider, providers_in_service
-from mailqueue.providers.cooldown import (
-    KEY_PREFIX,
-    REFRESH_SECONDS,
-    cooldowns_forget_local,
-    provider_report_outage,
-    provider_report_success,
-)
+from mailqueue.providers.breaker import CALL, REFRESH_SECONDS, ProviderBreakers, breakers
 from mailqueue.scheduling import connection as redis_connection
 from mailqueue.services import api_key_create
 from tests.helpers import DOWN_REDIS
@@ -65,8 +59,12 @@ def test_healthy_service_answers_200_with_every_field(client, settings, live_wor
     assert body["uptime"]["human"].endswith("s")
     assert body["queue"] == "connected"
     assert body["database"] == "connected"
-    assert body["providers"] == {"smtp": {"state": "healthy"}, "capture": {"state": "healthy"}}
-    assert body["checks"] == {"database": "ok", "redis": "ok", "workers": 1}
+    closed = {"state": "closed", "seconds_left": 0, "recent_failures": 0, "probing": False}
+    assert body["providers"] == {
+        "smtp": {"state": "healthy", "circuit": closed},
+        "capture": {"state": "healthy", "circuit": closed},
+    }
+    assert body["checks"] == {"database": "ok", "redis": "ok", "workers": 1, "smtpd": 0}
 
 
 @pytest.mark.django_db
@@ -104,7 +102,12 @@ def test_redis_down_is_degraded_and_anonymous_callers_see_only_the_error_class(c
     assert body["status"] == "degraded"
     assert body["queue"] == "ConnectionError"
     assert body["database"] == "connected"
-    assert body["checks"] == {"database": "ok", "redis": "error: ConnectionError", "workers": None}
+    assert body["checks"] == {
+        "database": "ok",
+        "redis": "error: ConnectionError",
+        "workers": None,
+        "smtpd": None,
+    }
     assert "127.0.0.1" not in response.content.decode()
 
 
@@ -138,23 +141,50 @@ def test_health_recovers_when_redis_is_back(client, settings, live_worker):
 
 
 @pytest.mark.django_db
-def test_provider_cooling_down_in_another_process_shows_with_seconds_left(
+def test_provider_circuit_opened_by_another_process_shows_with_seconds_left(
     client, settings, live_worker
 ):
-    """An outage a worker reported is seen by the web process (through Redis): `degraded`."""
+    """A circuit a worker opened is seen by the web process (through Redis): `degraded`, with
+    the circuit's state, seconds left and the failures that opened it."""
     settings.EMAIL_PROVIDERS = ["smtp", "capture"]
     settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 30
-    provider_report_outage("smtp")
-    cooldowns_forget_local()  # what this process knows is gone: only Redis has it now
+    settings.MAILQUEUE_BREAKER_FAILURES = 2
+    worker = ProviderBreakers()  # another process: this one knows nothing of it
+    worker.record_failure("capture", CALL)
+    worker.record_failure("smtp", CALL)
+    worker.record_failure("smtp", CALL)
 
     response = client.get("/health/")
 
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "degraded"
-    assert body["providers"]["capture"] == {"state": "healthy"}
-    assert body["providers"]["smtp"]["state"] == "cooling_down"
-    assert 25 < body["providers"]["smtp"]["seconds_left"] <= 30
+    assert body["providers"]["capture"] == {
+        "state": "healthy",
+        "circuit": {"state": "closed", "seconds_left": 0, "recent_failures": 1, "probing": False},
+    }
+    smtp = body["providers"]["smtp"]
+    assert smtp["state"] == "circuit_open"
+    assert smtp["circuit"]["state"] == "open"
+    assert 25 < smtp["circuit"]["seconds_left"] <= 30
+    assert smtp["circuit"]["recent_failures"] == 2
+
+
+@pytest.mark.django_db
+def test_provider_circuit_half_open_shows_while_its_probe_runs(client, settings, live_worker):
+    settings.EMAIL_PROVIDERS = ["smtp"]
+    settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 0.2
+    settings.MAILQUEUE_BREAKER_FAILURES = 1
+    worker = ProviderBreakers()
+    worker.record_failure("smtp", CALL)
+    time.sleep(0.25)
+    assert worker.permit("smtp").probe
+
+    smtp = client.get("/health/").json()["providers"]["smtp"]
+
+    assert smtp["state"] == "circuit_half_open"
+    assert smtp["circuit"]["state"] == "half_open"
+    assert smtp["circuit"]["probing"] is True
 
 
 @pytest.mark.django_db
@@ -165,7 +195,7 @@ def test_provider_without_its_credentials_is_unconfigured(client, settings, live
 
     body = client.get("/health/").json()
 
-    assert body["providers"]["postmark"] == {"state": "unconfigured"}
+    assert body["providers"]["postmark"]["state"] == "unconfigured"
     assert body["status"] == "degraded"
 
 
@@ -215,28 +245,36 @@ def test_health_is_never_cached_and_only_answers_get(client, path):
     assert client.post(path).status_code == 405
 
 
-def test_workers_see_an_outage_reported_elsewhere_within_a_second_without_asking_per_email(
+def test_workers_see_a_circuit_opened_elsewhere_within_a_second_without_asking_per_email(
     settings,
 ):
-    """A worker reads the shared cooldowns at most once a second, not once per email: another
-    process's outage report reaches it on the next refresh."""
+    """A worker reads the shared circuits at most once a second, not once per email: a circuit
+    another process opens reaches it on the next refresh."""
     settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 30
+    settings.MAILQUEUE_BREAKER_FAILURES = 1
     smtp = get_provider("smtp")
-    assert providers_in_service([smtp]) == [smtp]  # reads Redis once: nothing cooling
+    assert providers_in_service([smtp]) == [smtp]  # reads Redis once: the circuit is closed
 
-    # Another worker process reports an outage: only Redis knows.
-    redis_connection().set(f"{KEY_PREFIX}smtp", repr(time.time() + 30), px=30_000)
+    ProviderBreakers().record_failure("smtp", CALL)  # another worker process: only Redis knows
 
     assert providers_in_service([smtp]) == [smtp]  # this copy is fresh: Redis was not asked
     time.sleep(REFRESH_SECONDS + 0.1)
     assert providers_in_service([smtp]) == []
 
 
-def test_a_success_ends_the_cooldown_for_every_process(settings):
+def test_a_successful_probe_closes_the_circuit_for_every_process(settings):
     """A provider that works again is back in service everywhere, not only where it worked."""
-    settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 30
-    provider_report_outage("smtp")
+    settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 0.2
+    settings.MAILQUEUE_BREAKER_FAILURES = 1
+    smtp = get_provider("smtp")
+    prober = ProviderBreakers()
+    prober.record_failure("smtp", CALL)
+    assert providers_in_service([smtp]) == []
+    time.sleep(0.25)
+    probe = prober.permit("smtp")
 
-    provider_report_success("smtp")
+    prober.record_success("smtp", probe)
 
-    assert not redis_connection().exists(f"{KEY_PREFIX}smtp")
+    assert breakers.states(["smtp"])["smtp"].state == "closed"
+    time.sleep(REFRESH_SECONDS + 0.1)
+    assert providers_in_service([smtp]) == [smtp]

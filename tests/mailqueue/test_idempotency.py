@@ -1,8 +1,12 @@
 """Idempotency-Key: a repeated create returns the first answer instead of sending twice."""
 
+import threading
 from datetime import timedelta
 
+import pytest
+from django.db import OperationalError, connection
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from mailqueue.models import Batch, EmailJob, IdempotencyRecord
 from mailqueue.services import request_fingerprint
@@ -191,3 +195,50 @@ def test_same_key_on_emails_and_batches_is_a_mismatch(api, welcome_template):
 
     assert response.status_code == 422
     assert Batch.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_repeats_wait_for_the_first_and_replay_it(api, issued_key):
+    """Two requests with one key at the same moment: the second waits for the first's
+    transaction (the key's unique index), then replays its answer; one email is created."""
+    barrier = threading.Barrier(2)
+    answers = []
+
+    def send() -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued_key.plaintext}")
+        barrier.wait()
+        answers.append(post(client, BODY, "order-7"))
+        connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(response.status_code for response in answers) == [202, 202]
+    assert len({response.json()["id"] for response in answers}) == 1
+    assert EmailJob.objects.count() == 1
+
+
+def test_a_request_whose_database_fails_mid_way_leaves_its_key_free(api, issued_key, monkeypatch):
+    """The key is written in the work's own transaction: a request that fails after the key's
+    row was written (the database went away) leaves no record, and its retry is accepted at
+    once instead of meeting 409 until the record is abandoned."""
+    from mailqueue.api import views
+
+    real = views.email_create
+
+    def fails(**kwargs):
+        real(**kwargs)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(views, "email_create", fails)
+    assert post(api, BODY, "order-8").status_code == 503
+    monkeypatch.setattr(views, "email_create", real)
+
+    assert not IdempotencyRecord.objects.exists()
+    retry = post(api, BODY, "order-8")
+    assert retry.status_code == 202
+    assert EmailJob.objects.count() == 1

@@ -268,38 +268,50 @@ def test_all_providers_down_defers_the_email(settings, send, work):
     assert f"retry-{email.pk.hex}-1" in scheduled_entries()
 
 
-def test_provider_in_an_outage_is_skipped_for_the_next_emails(settings, send):
-    """After the SMTP server is found down, later emails go straight to `capture` (one timeout,
-    not one per email) until the cooldown ends; then SMTP is tried again."""
+def test_provider_whose_circuit_opens_is_skipped_for_the_next_emails(settings, send):
+    """After MAILQUEUE_BREAKER_FAILURES failures of the SMTP server, later emails go straight
+    to `capture` (no call, no timeout) until the circuit's open time ends; then one probe tries
+    SMTP again, and its failure opens the circuit again."""
     settings.EMAIL_PROVIDERS = ["smtp", "capture"]
     settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": free_port()}
-    settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 0.5
+    settings.MAILQUEUE_BREAKER_FAILURES = 2
+    settings.MAILQUEUE_PROVIDER_COOLDOWN_SECONDS = 1.5
     # One send thread: with N, up to N emails already in flight meet the outage at once.
     settings.MAILQUEUE_WORKER_CONCURRENCY = 1
-    emails = [send(f"user{n}@example.com") for n in range(3)]
+    emails = [send(f"user{n}@example.com") for n in range(5)]
 
-    # One chunk in one process, as a worker runs it (a worker's shutdown forgets outages).
+    # One chunk in one process, as a worker runs it (a worker's shutdown forgets circuits).
     report = emails_deliver(email_ids=[str(email.pk) for email in emails])
 
-    assert report.sent == 3
-    assert DeliveryAttempt.objects.filter(provider="smtp", email__in=emails).count() == 1
-    assert CapturedMessage.objects.count() == 3
+    assert report.sent == 5
+    assert DeliveryAttempt.objects.filter(provider="smtp", email__in=emails).count() == 2
+    assert CapturedMessage.objects.count() == 5
+    # The route each email took: the first two failed over, the others skipped SMTP.
+    descriptions = [email.events.get(event_type=EventType.SENT).description for email in emails]
+    assert descriptions[:2] == ["failed over to capture: smtp failed"] * 2
+    assert descriptions[2:] == ["failed over to capture: smtp skipped (circuit open)"] * 3
 
-    time.sleep(0.6)  # the cooldown ends
-    later = send("later@example.com")
-    emails_deliver(email_ids=[str(later.pk)])
+    time.sleep(1.6)  # the circuit's open time ends: half-open
+    later = [send(f"later{n}@example.com") for n in range(3)]
+    emails_deliver(email_ids=[str(email.pk) for email in later])
 
-    assert DeliveryAttempt.objects.filter(email=later, provider="smtp").count() == 1
+    # One probe (refused connection: the circuit opens again), the others skip SMTP.
+    assert DeliveryAttempt.objects.filter(email__in=later, provider="smtp").count() == 1
+    assert all(
+        email.status == EmailStatus.SENT
+        for email in EmailJob.objects.filter(pk__in=[email.pk for email in later])
+    )
 
 
-def test_all_providers_cooling_down_defers_without_using_an_attempt(
+def test_all_providers_circuits_open_defers_without_using_an_attempt(
     settings, send, django_capture_on_commit_callbacks
 ):
-    """With the only provider in an outage, the next emails wait for the end of its cooldown:
+    """With the only provider's circuit open, the next emails wait for its open time to end:
     nothing is tried and no attempt is used up, so even a last attempt is not wasted."""
     settings.EMAIL_PROVIDERS = ["smtp"]
     settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": free_port()}
     settings.MAILQUEUE_MAX_ATTEMPTS = 1
+    settings.MAILQUEUE_BREAKER_FAILURES = 1
     settings.MAILQUEUE_WORKER_CONCURRENCY = 1  # the second email is sent after the first fails
     first, second = send("a@example.com"), send("b@example.com")
 
@@ -312,6 +324,6 @@ def test_all_providers_cooling_down_defers_without_using_an_attempt(
     assert second.status == EmailStatus.RETRYING
     assert second.attempts == 0
     assert not second.delivery_attempts.exists()
-    assert "cooling down" in second.last_error
+    assert "circuit is open" in second.last_error
     assert 25 < (second.next_attempt_at - timezone.now()).total_seconds() <= 30
     assert second.rq_job_id in scheduled_entries()

@@ -21,7 +21,7 @@ from mailqueue.services import (
 from mailqueue.tasks import deliver_emails
 from templates_app.models import EmailTemplateVersion
 from templates_app.services import template_create
-from tests.helpers import queue_lengths, run_worker
+from tests.helpers import queue_lengths, run_worker, sender_domains_verify
 from tracking.models import EventType
 
 pytestmark = pytest.mark.django_db
@@ -38,9 +38,10 @@ def _part(message, content_type: str) -> str:
 
 
 def test_email_posted_through_the_api_reaches_the_smtp_server_as_asked(
-    api, smtp_sink, welcome_template, django_capture_on_commit_callbacks
+    api, issued_key, smtp_sink, welcome_template, django_capture_on_commit_callbacks
 ):
     """Every field of the request shows up in the message the SMTP server receives."""
+    sender_domains_verify(issued_key.api_key.client, "acme.test")
     with django_capture_on_commit_callbacks(execute=True):
         response = api.post(
             "/api/v1/emails/",

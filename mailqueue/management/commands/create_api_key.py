@@ -1,5 +1,5 @@
-"""`manage.py create_api_key CLIENT --scope send --scope read [--all-clients]`: prints the new
-key last."""
+"""`manage.py create_api_key CLIENT --scope send --scope read [--all-clients] [--test]`: prints
+the new key last."""
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -28,6 +28,13 @@ class Command(BaseCommand):
             action="store_true",
             help="Operators only: the failed-email endpoints act on every client's emails.",
         )
+        parser.add_argument(
+            "--test",
+            action="store_true",
+            help="A test key: its emails go through the whole pipeline to the capture inbox, "
+            "never to a provider; simulator addresses (bounce@simulator.mailqueue, ...) produce "
+            "their events.",
+        )
 
     def handle(
         self,
@@ -36,6 +43,7 @@ class Command(BaseCommand):
         scopes: list[str] | None,
         name: str,
         all_clients: bool,
+        test: bool,
         **options,
     ) -> None:
         try:
@@ -44,13 +52,16 @@ class Command(BaseCommand):
                 scopes=scopes or ["send", "read"],
                 name=name,
                 all_clients=all_clients,
+                is_test=test,
             )
         except ValidationFailed as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(
             f"Created key mq_{issued.api_key.prefix}_… for client '{client}' with scopes "
             f"{', '.join(issued.api_key.scopes)}"
-            f"{' for every client' if all_clients else ''}. Store it now: it cannot be shown "
+            f"{' for every client' if all_clients else ''}"
+            f"{' (test key: its emails are captured, never delivered)' if test else ''}. "
+            "Store it now: it cannot be shown "
             "again."
         )
         self.stdout.write(issued.plaintext)

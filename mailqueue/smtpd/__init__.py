@@ -1,0 +1,1 @@
+"""SMTP submission: `manage.py smtpd` turns messages from SMTP-only tools into emails."""

@@ -1,0 +1,1 @@
+"""A separate Django project whose EMAIL_BACKEND is the Mailqueue client's backend."""
