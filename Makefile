@@ -24,7 +24,7 @@ run: $(STAMP)
 
 ## test: the whole suite against real PostgreSQL, Redis and an in-process SMTP server
 test: $(STAMP)
-	@scripts/ensure_services.sh postgres redis
+	@scripts/ensure_services.sh postgres redis swaks
 	@scripts/ensure_browser.sh
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and Redis answer on 127.0.0.1: start them, or install them with apt-get.
-# Usage: scripts/ensure_services.sh [postgres] [redis] [pgbouncer]   (default: postgres redis)
+# Usage: scripts/ensure_services.sh [postgres] [redis] [pgbouncer] [swaks]
+#        (default: postgres redis)
 # `postgres` also installs PgBouncer's binary: the tests start their own on a free port.
 set -euo pipefail
 
@@ -61,11 +62,19 @@ ensure_pgbouncer() {
   as_root /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
 }
 
+# swaks, the outside SMTP client the SMTP submission tests send with (tests/mailqueue/test_smtpd.py).
+ensure_swaks() {
+  command -v swaks >/dev/null && return 0
+  echo "swaks not found: installing Debian's swaks package with apt-get" >&2
+  apt_install swaks
+}
+
 for service in "${want[@]}"; do
   case "$service" in
     redis) ensure_redis ;;
     postgres) ensure_postgres; ensure_pgbouncer ;;
     pgbouncer) ensure_pgbouncer ;;
+    swaks) ensure_swaks ;;
     *) echo "unknown service: $service" >&2; exit 2 ;;
   esac
 done

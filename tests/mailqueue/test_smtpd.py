@@ -293,7 +293,7 @@ def test_starttls_is_required_before_auth_and_swaks_can_send(keys, smtpd, tmp_pa
         client.login("tools", keys[0])
 
     swaks = shutil.which("swaks")
-    assert swaks, "swaks is installed by `make test` (scripts/ensure_services.sh tools)"
+    assert swaks, "swaks is installed by `make test` (scripts/ensure_services.sh swaks)"
     result = subprocess.run(
         [
             swaks,
