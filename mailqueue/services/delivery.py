@@ -405,6 +405,8 @@ class _Outcome:
     captured: list[CapturedMessage] = field(default_factory=list)
     # Providers passed over because their circuit was open (the route's other part).
     skipped: list[str] = field(default_factory=list)
+    # Failover providers passed over because their rate limit had no slot soon enough.
+    limited: list[str] = field(default_factory=list)
 
 
 def _try_row(
@@ -437,10 +439,16 @@ def _attempt(
     """Try the providers in order until one takes the message or one refuses it; a provider
     whose circuit opened since the check (or that another worker is probing) is skipped."""
     outcome = _Outcome(sent=False)
-    for provider in providers:
+    for index, provider in enumerate(providers):
         permit = provider_call_permit(provider.name)
         if permit is None:
             outcome.skipped.append(provider.name)
+            continue
+        # The first provider's slot was taken before the attempt (email_decide); a provider
+        # failed over to takes its own, or is passed over.
+        if index and not _failover_slot(email, provider.name):
+            provider_report_refusal(provider.name, permit)
+            outcome.limited.append(provider.name)
             continue
         started = timezone.now()
         clock = time.monotonic()
@@ -607,6 +615,7 @@ def _route_description(outcome: _Outcome) -> str:
     """How the message reached its provider when not by the first one: providers passed over
     (circuit open) and providers that failed before it, so the admin shows the failover."""
     route = [f"{name} skipped (circuit open)" for name in outcome.skipped]
+    route += [f"{name} skipped (rate limit)" for name in outcome.limited]
     route += [f"{t.provider} failed" for t in outcome.tries if t.provider != outcome.provider]
     return f"failed over to {outcome.provider}: {', '.join(route)}" if route else ""
 
@@ -736,6 +745,24 @@ def _rate_limit_wait(
     if acquired.wait:
         time.sleep(acquired.wait)
     return None
+
+
+def _failover_slot(email: EmailJob, provider: str) -> bool:
+    """A slot of the limit of a provider the email fails over to (nothing to do without one),
+    sleeping until it comes if it is within RATE_LIMIT_BOOK_SECONDS; False when it is not."""
+    acquired = rate_limits.rate_limits_acquire(
+        provider=provider,
+        recipients=(),  # the recipient domains' slots were taken with the first provider's
+        priority=email.priority,
+        reserve_within=RATE_LIMIT_BOOK_SECONDS,
+    )
+    if not acquired.booked:
+        if acquired.limit is not None:
+            rate_limits.wait_note(acquired.limit.name)
+        return False
+    if acquired.wait:
+        time.sleep(acquired.wait)
+    return True
 
 
 def _rate_limit_book_seconds(email: EmailJob) -> float:

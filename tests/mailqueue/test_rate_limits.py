@@ -17,7 +17,7 @@ from django.db.models import Min
 
 from mailqueue import conf, rate_limits
 from mailqueue.metrics.counters import counters_read
-from mailqueue.models import DeliveryAttempt, EmailJob, EmailStatus
+from mailqueue.models import CapturedMessage, DeliveryAttempt, EmailJob, EmailStatus
 from mailqueue.rate_limits import KEY_PREFIX, RateLimit, buckets_acquire, rate_limits_acquire
 from mailqueue.scheduling import connection as redis_connection
 from tests.helpers import DOWN_REDIS
@@ -25,6 +25,8 @@ from tests.live import PROJECT_DIR, live_env
 from tracking.models import EventType
 
 SMTP_FAST = RateLimit("smtp", count=5, period=1.0, burst=3)
+# A port nothing listens on: connections are refused at once (an outage of the smtp provider).
+DOWN_PORT = 9
 
 
 def take(limits: list[RateLimit], priority: str = "default", within: float = 0.0):
@@ -257,6 +259,33 @@ def test_a_long_wait_is_written_like_a_cooldown_without_an_attempt(limited, sett
     event = second.events.get(event_type=EventType.DEFERRED)
     assert "capture=1/min:1" in event.description
     assert event.data["rate_limit"] == "capture"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_provider_failed_over_to_takes_a_slot_of_its_own_limit(settings, send, work):
+    """The first provider is down (SMTP on a closed port); the one failed over to is under
+    `capture=1/min` whose slot is already taken: it is passed over (no call beyond its limit),
+    the email retries, and its attempt names the route. Without the limit it would be sent."""
+    settings.EMAIL_PROVIDERS = ["smtp", "capture"]
+    settings.MAILQUEUE_SMTP = {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": DOWN_PORT}
+    settings.MAILQUEUE_SMTP_TIMEOUT = 1
+    settings.MAILQUEUE_RATE_LIMITS = "capture=1/min"
+    assert rate_limits_acquire(provider="capture", recipients=(), priority="default").booked
+    email = send(to="ada@example.com")
+
+    work()
+
+    email.refresh_from_db()
+    assert email.status == EmailStatus.RETRYING
+    assert list(email.delivery_attempts.values_list("provider", flat=True)) == ["smtp"]
+    assert not CapturedMessage.objects.exists()
+    assert counters_read()[("email_rate_limited_total", ("capture",))] >= 1
+
+    settings.MAILQUEUE_RATE_LIMITS = ""
+    later = send(to="bob@example.com")
+    work()
+    later.refresh_from_db()
+    assert (later.status, later.provider) == (EmailStatus.SENT, "capture")
 
 
 # --- API throttling --------------------------------------------------------------------------
