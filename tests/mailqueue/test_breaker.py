@@ -27,7 +27,7 @@ from mailqueue.providers.breaker import (
     breakers,
 )
 from mailqueue.scheduling import connection as redis_connection
-from mailqueue.services import emails_deliver
+from mailqueue.services import AttachmentInput, emails_deliver
 from tests.helpers import DOWN_REDIS
 
 NAME = "postmark"
@@ -314,6 +314,29 @@ def test_refused_messages_never_open_the_circuit(smtp_sink, settings, send):
     assert {email.status for email in EmailJob.objects.filter(pk__in=[e.pk for e in bad])} == {
         EmailStatus.FAILED
     }
+    assert ProviderBreakers().states(["smtp"])["smtp"] == CircuitState(state=CLOSED)
+    good.refresh_from_db()
+    assert (good.status, good.provider) == (EmailStatus.SENT, "smtp")
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["good@example.com"]]
+
+
+@pytest.mark.django_db
+def test_a_message_that_cannot_be_built_fails_alone_and_counts_against_no_provider(
+    smtp_sink, settings, send
+):
+    """A header Django refuses to write (a line break that bypassed validation) fails that
+    email for good at once; the provider's circuit records nothing, and the next email goes."""
+    settings.EMAIL_PROVIDERS = ["smtp"]
+    settings.MAILQUEUE_BREAKER_FAILURES = 1
+    broken = send("ada@example.com", attachments=[AttachmentInput("a.txt", b"a", "text/plain")])
+    EmailJob.objects.filter(pk=broken.pk).update(headers={"X-Note": "one\nBcc: x@example.com"})
+
+    emails_deliver(email_ids=[str(broken.pk)])
+    good = send("good@example.com")
+    emails_deliver(email_ids=[str(good.pk)])
+
+    broken.refresh_from_db()
+    assert (broken.status, broken.error_class) == (EmailStatus.FAILED, "message")
     assert ProviderBreakers().states(["smtp"])["smtp"] == CircuitState(state=CLOSED)
     good.refresh_from_db()
     assert (good.status, good.provider) == (EmailStatus.SENT, "smtp")
