@@ -227,7 +227,7 @@ def test_no_secret_in_any_api_answer_admin_page_log_or_probe(
     caplog.set_level("DEBUG")
     call_command("load_default_templates", stdout=io.StringIO())
     issued = api_key_create(client_name="acme", scopes=list(ApiKey.Scope.values))
-    markers["api key"] = issued.plaintext.rsplit("_", 1)[-1]
+    markers["api key"] = issued.plaintext.split("_", 2)[2]
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.plaintext}")
 
@@ -239,7 +239,7 @@ def test_no_secret_in_any_api_answer_admin_page_log_or_probe(
     )
     assert created.status_code == 200
     (admin_key,) = set(KEY_PATTERN.findall(created.content.decode()))
-    markers["admin api key"] = admin_key.rsplit("_", 1)[-1]
+    markers["admin api key"] = admin_key.split("_", 2)[2]
     assert "admin api key" in found(created.content.decode(), markers)
 
     # An outbound webhook's secret is in the answer that creates it, only there.
@@ -433,7 +433,7 @@ def test_no_secret_in_the_logs_of_the_real_web_and_worker_processes(tmp_path):
     }
     call_command("load_default_templates", stdout=io.StringIO())
     issued = api_key_create(client_name="acme", scopes=list(ApiKey.Scope.values))
-    markers["api key"] = issued.plaintext.rsplit("_", 1)[-1]
+    markers["api key"] = issued.plaintext.split("_", 2)[2]
     sink = AuthSmtpSink(markers["smtp password"])
     sink.start()
     port = free_port()
