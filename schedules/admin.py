@@ -22,6 +22,7 @@ from schedules.cron import cron_validate, timezone_validate
 from schedules.models import Schedule
 from schedules.selectors import schedule_next_runs, schedule_runs
 from schedules.services import (
+    SCHEDULE_FIELDS,
     schedule_build,
     schedule_create,
     schedule_pause,
@@ -31,22 +32,7 @@ from schedules.services import (
 )
 
 # What the admin form edits; the topic is a row here (the services take its slug).
-_FORM_FIELDS = (
-    "client",
-    "name",
-    "topic",
-    "recipients",
-    "template",
-    "subject",
-    "html",
-    "text",
-    "context",
-    "cron",
-    "timezone",
-    "active",
-    "priority",
-    "missed",
-)
+_FORM_FIELDS = ("client", *SCHEDULE_FIELDS)
 
 
 def _service_fields(values: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from schedules.selectors import (
     schedule_next_runs,
 )
 from schedules.services import (
+    SCHEDULE_FIELDS,
     schedule_create,
     schedule_delete,
     schedule_pause,
@@ -102,19 +103,7 @@ class ScheduleOutputSerializer(serializers.ModelSerializer):
         model = Schedule
         fields = [
             "id",
-            "name",
-            "topic",
-            "recipients",
-            "template",
-            "subject",
-            "html",
-            "text",
-            "context",
-            "cron",
-            "timezone",
-            "active",
-            "priority",
-            "missed",
+            *SCHEDULE_FIELDS,
             "next_run_at",
             "created_at",
             "updated_at",
